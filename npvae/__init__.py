@@ -1,0 +1,20 @@
+"""npvae: Variational Autoencoders from scratch in NumPy, for CS7015 Lecture 21.
+
+    import npvae
+    model = npvae.VAE(input_dim=784, hidden_dims=(400,), latent_dim=20)
+    res = model.loss_and_grads(x)        # -ELBO, its two terms, and d(-ELBO)/d params
+
+Modules, one idea each: ``backend`` (NumPy / CuPy / strict), ``layers``, ``distributions``,
+``vae``, ``gradcheck``, ``cli``.
+"""
+
+from . import backend, distributions, gradcheck, layers
+from .backend import Generator, asarray, get_backend, set_backend, to_numpy
+from .vae import VAE, LossAndGrads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE", "LossAndGrads", "Generator", "asarray", "to_numpy", "get_backend", "set_backend",
+    "backend", "layers", "distributions", "gradcheck", "__version__",
+]

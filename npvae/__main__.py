@@ -1,0 +1,7 @@
+"""``python -m npvae`` runs the ``npvae`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
