@@ -99,11 +99,13 @@ def gaussian_kl(mu, logvar):
         KL = 1/2 * sum_j ( mu_j^2 + exp(logvar_j) - 1 - logvar_j )
 
     It is >= 0 (since e^t >= 1 + t), and exactly 0 at mu = 0, logvar = 0.
+    ``exp(logvar) - 1`` is computed as ``expm1(logvar)``: for a tiny logvar, exp(logvar)
+    rounds to 1 and ``1 - 1 - logvar`` would leave a negative KL behind.
 
     Args: mu, logvar: (N, Z). Returns: (N,).
     """
     xp = array_namespace(mu)
-    return 0.5 * xp.sum(mu * mu + xp.exp(logvar) - 1.0 - logvar, axis=-1)
+    return 0.5 * xp.sum(mu * mu + (xp.expm1(logvar) - logvar), axis=-1)
 
 
 def gaussian_kl_backward(dkl, mu, logvar):
@@ -115,7 +117,7 @@ def gaussian_kl_backward(dkl, mu, logvar):
     """
     xp = array_namespace(mu)
     dkl = _per_row(dkl)  # (N, 1), broadcast over Z
-    return dkl * mu, dkl * (0.5 * (xp.exp(logvar) - 1.0))
+    return dkl * mu, dkl * (0.5 * xp.expm1(logvar))
 
 
 # ---------------------------------------------------------------------------------------

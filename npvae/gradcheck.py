@@ -9,7 +9,7 @@ with h = 1e-5 both are far below 1e-6 relative, so a correct backward agrees to 
 and a wrong one is off by far more. (In float32 rounding alone is about 1e-3: check in
 float64.)
 
-- ``rel_error(a, b)``: the number to look at.
+- ``rel_error(a, b)``: the number to look at; ``assert_gradients_match`` for tests.
 - ``numerical_gradient(f, x)``: central differences, every entry or a chosen few.
 - ``directional_check(f, x, grad)``: one random direction v: compares
   (f(x + h v) - f(x - h v)) / 2h with grad . v, which tests every entry at once for the cost
@@ -41,6 +41,20 @@ def rel_error(a, b) -> float:
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b)) / max(1e-8, float(np.max(np.abs(a) + np.abs(b)))))
+
+
+def assert_gradients_match(analytic, numeric, rtol=1e-6, atol=1e-9, name="gradient"):
+    """Raise AssertionError unless ``rel_error(analytic, numeric) <= rtol``.
+
+    One exception: when the whole gradient is at rounding level (every |a - b| <= atol, as
+    when the true gradient is 0 and the central difference returns 1e-12), the relative error
+    measures only noise, and the gradients match.
+    """
+    err = rel_error(analytic, numeric)
+    diff = float(np.max(np.abs(to_numpy(analytic) - to_numpy(numeric)), initial=0.0))
+    if err > rtol and diff > atol:
+        raise AssertionError(f"{name}: relative error {err:.2e} > {rtol:g} (largest difference {diff:.2e})")
+    return err
 
 
 def numerical_gradient(f, x, h=1e-5, indices=None) -> np.ndarray:

@@ -1,0 +1,46 @@
+"""CuPy on a real GPU. Skipped cleanly where there is no CuPy or no usable GPU (as in CI).
+
+On a GPU machine, also run the whole suite with NPVAE_BACKEND=cupy and record the summary
+line in tests/GPU_RUNS.md.
+"""
+
+import numpy as np
+import pytest
+
+import npvae
+from npvae import backend
+from conftest import host
+
+
+def cupy_backend_or_skip():
+    try:
+        return backend.make_backend("cupy")
+    except backend.BackendError as exc:
+        pytest.skip(f"no usable GPU: {exc}")
+
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cupy_gives_the_numbers_numpy_gives(use_backend):
+    cupy_backend_or_skip()
+    rng = np.random.default_rng(0)
+    x, eps = rng.uniform(size=(16, 30)), rng.standard_normal((16, 4))
+    results = {}
+    for name in ("numpy", "cupy"):
+        use_backend(name)
+        model = npvae.VAE(30, (20, 10), 4, dtype="float64", seed=9)
+        res = model.loss_and_grads(x, eps=eps)
+        results[name] = (res.loss, host(res.grads), type(model.params).__module__)
+    assert results["cupy"][2].startswith("cupy")
+    assert results["numpy"][0] == pytest.approx(results["cupy"][0], rel=1e-10)
+    np.testing.assert_allclose(results["numpy"][1], results["cupy"][1], rtol=1e-8, atol=1e-12)
+
+
+def test_cupy_gradient_check(use_backend):
+    cupy_backend_or_skip()
+    use_backend("cupy")
+    rng = np.random.default_rng(1)
+    model = npvae.VAE(8, (6, 5), 3, likelihood="gaussian", activation="tanh", dtype="float64", seed=2)
+    report = npvae.gradcheck.check_model(model, rng.standard_normal((4, 8)), rng.standard_normal((4, 3)))
+    assert report.max_error < 1e-6, str(report)
