@@ -277,6 +277,18 @@ class Generator:
         return self.backend.asarray(self.host.permutation(int(n)))
 
 
+def spawn_seeds(seed, n):
+    """n independent seeds derived from one (NumPy's SeedSequence.spawn): each random stream
+    of npvae (initialization, eps, data order...) gets its own, all fixed by ``seed``."""
+    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return root.spawn(n)
+
+
+def is_integer(value) -> bool:
+    """True for Python and NumPy integers, not for bools."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def info() -> dict:
     """What ``npvae info`` prints: backend, device, dtype and versions."""
     import platform

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from .backend import DEFAULT_DTYPE, array_namespace, get_backend
+from .backend import DEFAULT_DTYPE, Generator, array_namespace, get_backend
 
 
 def sigmoid(x):
@@ -52,9 +50,9 @@ class Dense:
         self.param_shapes = {"W": (self.in_dim, self.out_dim), "b": (self.out_dim,)}
         self.W = self.b = self.dW = self.db = None  # views, set by FlatParameters
 
-    def init_host(self, rng: np.random.Generator) -> dict:
+    def init(self, rng: Generator, dtype) -> dict:
         bound = 1.0 / math.sqrt(self.in_dim)
-        return {name: rng.uniform(-bound, bound, size=shape) for name, shape in self.param_shapes.items()}
+        return {name: rng.uniform(shape, -bound, bound, dtype=dtype) for name, shape in self.param_shapes.items()}
 
     def forward(self, x):
         out = x @ self.W + self.b  # (N, D_out)
@@ -188,8 +186,9 @@ class FlatParameters:
     """All parameters in one contiguous 1-D vector, and all gradients in a second one.
 
     ``FlatParameters([("theta.enc.0", dense0), ...], seed)`` lays the layers' parameters out
-    in the order given, initializes them (on the host, with ``seed``), puts the vector on the
-    active backend, and binds every layer's ``W``, ``b``, ``dW``, ``db`` to reshaped views::
+    in the order given, allocates the two vectors on the active backend, initializes the
+    parameters (each layer's ``init``, drawn from ``Generator(seed)``), and binds every
+    layer's ``W``, ``b``, ``dW``, ``db`` to reshaped views::
 
         params = [ theta.enc.0.W | theta.enc.0.b | ... | phi.dec.0.W | ... ]   (P,)
         grads  = same layout                                                  (P,)
@@ -199,25 +198,23 @@ class FlatParameters:
     """
 
     def __init__(self, named_layers, seed=0, dtype=None, backend=None):
-        self.backend = backend or get_backend()
-        be, xp = self.backend, self.backend.xp
-        rng = np.random.default_rng(seed)
-        host_values, self.blocks, start = [], [], 0
+        self.backend = be = backend or get_backend()
+        dtype = dtype or DEFAULT_DTYPE
+        self.blocks, start = [], 0
         for prefix, layer in named_layers:
-            init = layer.init_host(rng)
             for pname, shape in layer.param_shapes.items():
                 size = math.prod(shape)
                 self.blocks.append((f"{prefix}.{pname}", start, start + size, tuple(shape)))
-                host_values.append(np.asarray(init[pname], dtype=np.float64).reshape(-1))
                 start += size
         self.size = start
-        flat = np.concatenate(host_values) if host_values else np.zeros(0)
-        self.params = be.asarray(flat, dtype=dtype or DEFAULT_DTYPE)
-        self.grads = be.zeros((self.size,), dtype)
-        k = 0
-        for prefix, layer in named_layers:
+        self.params = be.zeros((self.size,), dtype)  # (P,)
+        self.grads = be.zeros((self.size,), dtype)  # (P,)
+        rng = Generator(seed, backend=be)
+        blocks = iter(self.blocks)
+        for _prefix, layer in named_layers:
+            init = layer.init(rng, dtype)
             for pname in layer.param_shapes:
-                _, a, b, shape = self.blocks[k]
-                setattr(layer, pname, xp.reshape(self.params[a:b], shape))
-                setattr(layer, "d" + pname, xp.reshape(self.grads[a:b], shape))
-                k += 1
+                _name, a, b, shape = next(blocks)
+                setattr(layer, pname, be.xp.reshape(self.params[a:b], shape))  # a view
+                setattr(layer, "d" + pname, be.xp.reshape(self.grads[a:b], shape))  # a view
+                getattr(layer, pname)[...] = init[pname]

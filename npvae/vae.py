@@ -27,10 +27,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import numpy as np
-
 from . import distributions as dist
-from .backend import DTYPES, Generator, get_backend
+from .backend import DTYPES, Generator, get_backend, is_integer, spawn_seeds
 from .layers import MLP, Dense, FlatParameters, sigmoid
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -122,12 +120,13 @@ class VAE:
         theta_layers += [("theta.mu", self.mu_head), ("theta.logvar", self.logvar_head)]
         phi_layers = [(f"phi.decoder.{i}", layer) for i, layer in self.decoder.named_layers()]
 
-        init_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
+        init_seed, noise_seed = spawn_seeds(seed, 2)
         flat = FlatParameters(theta_layers + phi_layers, seed=init_seed, dtype=dtype, backend=self.backend)
         self.params, self.grads, self.blocks = flat.params, flat.grads, flat.blocks
         self.n_theta = sum(b - a for name, a, b, _ in self.blocks if name.startswith("theta."))
         self.theta, self.phi = self.params[: self.n_theta], self.params[self.n_theta :]
         self.rng = Generator(noise_seed, backend=self.backend)
+        self.train_state = None  # set by npvae.fit or npvae.load: optimizer, epochs, history
 
     # -- description -----------------------------------------------------------------------
     @property
@@ -150,6 +149,12 @@ class VAE:
     def __repr__(self):
         args = json.dumps(self.config)[1:-1].replace('"', "")
         return f"VAE({args}; {self.n_params} parameters: theta {self.n_theta}, phi {self.n_params - self.n_theta})"
+
+    def save(self, path):
+        """Write this model (and its training state, if any) to a checkpoint ``.npz``."""
+        from .checkpoint import save
+
+        save(self, path)
 
     # -- the forward pieces ----------------------------------------------------------------
     def encode(self, x):
@@ -283,5 +288,5 @@ class VAE:
 
 
 def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")

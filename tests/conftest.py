@@ -46,3 +46,13 @@ def rng():
 def host(a):
     """Any array as a float64 NumPy array, for comparisons in tests."""
     return np.asarray(npvae.to_numpy(a), dtype=np.float64)
+
+
+def toy_images(n=300, d=36, classes=4, seed=0):
+    """Small grey-level "images" in [0, 1]: noisy copies of a few random prototypes, with the
+    labels. Enough structure for a VAE to learn in a few epochs, in milliseconds."""
+    g = np.random.default_rng(seed)
+    prototypes = (g.uniform(size=(classes, d)) > 0.6).astype(np.float64)
+    labels = g.integers(0, classes, size=n)
+    x = np.clip(prototypes[labels] * 0.8 + 0.1 + 0.1 * g.standard_normal((n, d)), 0.0, 1.0)
+    return x.astype(np.float32), labels

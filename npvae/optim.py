@@ -1,0 +1,163 @@
+"""Optimizers over the model's one flat parameter vector.
+
+Each optimizer holds a reference to ``model.params`` and updates it in place from
+``model.grads``; its state (momentum, squared-gradient sums, Adam's moments) is a few plain
+arrays of the same length, which is what a checkpoint saves (``state_dict``).
+
+- ``SGD``: gradient descent with (heavy-ball) momentum, as PyTorch writes it:
+      v <- momentum * v + g;   params <- params - lr * v
+- ``Adagrad`` (Duchi et al. 2011; Kingma & Welling's choice for the VAE):
+      s <- s + g^2;            params <- params - lr * g / (sqrt(s) + eps)
+- ``Adam`` (Kingma & Ba 2015), bias-corrected, with PyTorch's defaults:
+      m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+      params <- params - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+Every update is written with in-place operators (``*=``, ``+=``, ``-=``) on the flat vectors,
+so a step allocates little and the layers, which hold views into ``params``, see the change.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backend import get_backend, to_numpy
+
+
+class Optimizer:
+    """Base class: ``step(grads)`` updates ``params`` in place; state in ``state_dict()``."""
+
+    name = "optimizer"
+    buffers: tuple = ()  # names of the per-entry state arrays
+
+    def __init__(self, params, lr):
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr: expected a positive number, got {lr!r}")
+        self.params = params
+        self.lr = float(lr)
+        self.t = 0  # steps taken
+        be = get_backend()
+        for name in self.buffers:
+            setattr(self, name, be.xp.zeros_like(params))
+
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr}
+
+    def step(self, grads):  # pragma: no cover - every optimizer overrides it
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """{"name", "t", hyperparameters..., "buffers": {name: host NumPy array}}."""
+        return {"name": self.name, "t": self.t, **self.hyperparameters(),
+                "buffers": {name: to_numpy(getattr(self, name)) for name in self.buffers}}
+
+    def load_state_dict(self, state: dict):
+        if state.get("name") != self.name:
+            raise ValueError(f"optimizer: expected state of {self.name!r}, got {state.get('name')!r}")
+        self.t = int(state["t"])
+        be = get_backend()
+        for name in self.buffers:
+            buf = state["buffers"][name]
+            if tuple(buf.shape) != tuple(self.params.shape):
+                raise ValueError(f"optimizer.{name}: expected shape {tuple(self.params.shape)}, got {tuple(buf.shape)}")
+            getattr(self, name)[...] = be.asarray(buf, dtype=be.dtype_name(self.params.dtype))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """SGD with momentum: v <- momentum v + g; params <- params - lr v."""
+
+    name = "sgd"
+    buffers = ("velocity",)
+
+    def __init__(self, params, lr=1e-2, momentum=0.9):
+        super().__init__(params, lr)
+        self.momentum = float(momentum)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum}
+
+    def step(self, grads):
+        self.t += 1
+        self.velocity *= self.momentum
+        self.velocity += grads
+        self.params -= self.lr * self.velocity
+
+
+class Adagrad(Optimizer):
+    """Adagrad: s <- s + g^2; params <- params - lr g / (sqrt(s) + eps)."""
+
+    name = "adagrad"
+    buffers = ("sum_sq",)
+
+    def __init__(self, params, lr=1e-2, eps=1e-10):
+        super().__init__(params, lr)
+        self.eps = float(eps)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "eps": self.eps}
+
+    def step(self, grads):
+        xp = get_backend().xp
+        self.t += 1
+        self.sum_sq += grads * grads
+        self.params -= self.lr * grads / (xp.sqrt(self.sum_sq) + self.eps)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; the defaults are PyTorch's (lr 1e-3, betas 0.9, 0.999,
+    eps 1e-8), and so is the order of operations:
+
+        step_size = lr / (1 - b1^t)
+        denom     = sqrt(v) / sqrt(1 - b2^t) + eps
+        params   -= step_size * m / denom
+    """
+
+    name = "adam"
+    buffers = ("m", "v")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        self.eps = float(eps)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+    def step(self, grads):
+        xp = get_backend().xp
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        self.m *= b1
+        self.m += (1.0 - b1) * grads  # m: running mean of g
+        self.v *= b2
+        self.v += (1.0 - b2) * (grads * grads)  # v: running mean of g^2
+        step_size = self.lr / (1.0 - b1**self.t)
+        denom = xp.sqrt(self.v) / math.sqrt(1.0 - b2**self.t) + self.eps
+        self.params -= step_size * (self.m / denom)
+
+
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}
+
+
+def make_optimizer(name: str, params, lr=None, **kwargs) -> Optimizer:
+    """An optimizer by name (``"sgd"``, ``"adagrad"``, ``"adam"``) over ``params``."""
+    key = str(name).lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {tuple(OPTIMIZERS)}, got {name!r}")
+    if lr is not None:
+        kwargs["lr"] = lr
+    return OPTIMIZERS[key](params, **kwargs)
+
+
+def from_state_dict(state: dict, params) -> Optimizer:
+    """Rebuild an optimizer from ``state_dict()`` output (a checkpoint's)."""
+    name = state.get("name")
+    hyper = {k: v for k, v in state.items() if k not in ("name", "t", "buffers")}
+    if name == "adam":
+        hyper["betas"] = (hyper.pop("beta1"), hyper.pop("beta2"))
+    opt = make_optimizer(name, params, **hyper)
+    opt.load_state_dict(state)
+    return opt

@@ -1,0 +1,478 @@
+"""The figures to look at after training a VAE: loss curves, reconstructions, samples,
+the latent space, the 2-D manifold and an interpolation.
+
+Every function takes host data (NumPy arrays, lists) or arrays of the active backend
+(NumPy, CuPy, array_api_strict), or a model, and returns a matplotlib ``Figure`` that a
+notebook displays as it is. Given ``path``, it also writes a PNG there: the parent folders
+are made, and the file is written to a temporary name in the same folder and then renamed,
+so a reader never sees half a PNG.
+
+    from npvae import plots
+    plots.plot_history(history, "run/history.png")
+    plots.plot_samples(model.sample(64), "run/samples.png")
+    plots.plot_manifold(model_2d, "run/manifold.png")     # latent_dim 2 only
+
+Backend arrays become host arrays here, and only here, through ``npvae.to_numpy``. The
+figures use matplotlib's object API (``Figure``, no ``pyplot``), so they need no display
+and no global backend selection, and they leave no state behind.
+
+Images are flat rows of D = H * W pixels (``image_shape=(28, 28)`` by default) with values
+in [0, 1], shown in grey from black (0) to white (1).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .backend import asarray, to_numpy
+
+__all__ = [
+    "image_grid", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent",
+    "plot_manifold", "plot_interpolation", "save_figure",
+]
+
+DPI = 100
+SEPARATOR = 0.5  # grey between tiles: visible against black backgrounds and white strokes
+_IMSHOW = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0, "interpolation": "nearest"}
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+def _host(a, dtype=np.float64) -> np.ndarray:
+    """Any array (NumPy, CuPy, strict, a list) as a host NumPy array of ``dtype``."""
+    return np.asarray(to_numpy(a), dtype=dtype)
+
+
+def _image_size(image_shape) -> tuple[int, int, int]:
+    h, w = (int(s) for s in image_shape)
+    if h < 1 or w < 1:
+        raise ValueError(f"image_shape: expected two positive integers, got {tuple(image_shape)}")
+    return h, w, h * w
+
+
+def _as_images(name, a, image_shape) -> np.ndarray:
+    """``a`` as host images (K, H, W): it may be (K, H*W), (K, H, W) or one image (H*W,)."""
+    h, w, d = _image_size(image_shape)
+    a = _host(a)
+    if a.ndim == 1 and a.shape[0] == d:
+        a = a[None, :]
+    if a.ndim == 2 and a.shape[1] == d:
+        return a.reshape(-1, h, w)
+    if a.ndim == 3 and a.shape[1:] == (h, w):
+        return a
+    raise ValueError(
+        f"{name}: expected shape (N, {d}) or (N, {h}, {w}) for image_shape {(h, w)}, got {a.shape}"
+    )
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def save_figure(fig: Figure, path, dpi: int = DPI) -> Path:
+    """Write ``fig`` as a PNG at ``path``, atomically, and return the path.
+
+    The parent folders are created; the PNG goes to a hidden temporary file in the same
+    folder first and is then renamed over ``path`` (``os.replace``), so ``path`` holds
+    either the old file or the whole new one, never a partial write. On an error the
+    temporary file is removed. Empty margins are trimmed (``bbox_inches="tight"``, as a
+    notebook shows figures).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _finish(fig: Figure, path, dpi) -> Figure:
+    if path is not None:
+        save_figure(fig, path, dpi=dpi)
+    return fig
+
+
+def _no_ticks(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def image_grid(images, rows, cols, image_shape=(28, 28), pad=1, pad_value=SEPARATOR) -> np.ndarray:
+    """Tile images into one 2-D host array, row by row.
+
+    Args:
+        images: K images, (K, H*W) or (K, H, W), host or backend array, K <= rows * cols.
+        rows, cols: the grid; image k goes to tile (k // cols, k % cols).
+        image_shape: (H, W).
+        pad: pixels of separator between neighbouring tiles (none around the outside).
+        pad_value: the separators' grey level; tiles without an image get it too.
+    Returns:
+        A float64 array of shape (rows*H + (rows-1)*pad, cols*W + (cols-1)*pad).
+    """
+    rows, cols = _check_positive_int("rows", rows), _check_positive_int("cols", cols)
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"pad: expected a non-negative integer, got {pad!r}")
+    h, w, _ = _image_size(image_shape)
+    a = _as_images("images", images, image_shape)
+    if a.shape[0] > rows * cols:
+        raise ValueError(f"images: expected at most rows * cols = {rows * cols} images, got {a.shape[0]}")
+    grid = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad), float(pad_value))
+    for k in range(a.shape[0]):
+        r, c = divmod(k, cols)
+        top, left = r * (h + pad), c * (w + pad)
+        grid[top : top + h, left : left + w] = a[k]
+    return grid
+
+
+def _tile_centres(count, size, pad):
+    """Pixel coordinates of the centres of ``count`` tiles of ``size`` pixels along an axis."""
+    return [i * (size + pad) + (size - 1) / 2 for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------
+# Training curves
+# ---------------------------------------------------------------------------------------
+def _column(history, key):
+    return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
+
+
+def plot_history(history, path=None, dpi=DPI) -> Figure:
+    """Loss curves over training.
+
+    Args:
+        history: a sequence of dicts, one per epoch, with keys ``epoch``, ``loss`` (train
+            -ELBO), ``reconstruction`` and ``kl`` (nats per example), and optionally
+            ``test_loss`` (missing or None where the test set was not evaluated).
+        path: where to write the PNG (None: do not write).
+    Returns:
+        The Figure: (a) train and test -ELBO per epoch, (b) the reconstruction term (left
+        axis) and the KL term (right axis, they differ in scale) per epoch.
+    """
+    history = list(history)
+    if not history:
+        raise ValueError("history: expected at least one epoch, got an empty sequence")
+    for i, h in enumerate(history):
+        missing = [k for k in ("epoch", "loss", "reconstruction", "kl") if k not in h]
+        if missing:
+            raise ValueError(f"history[{i}]: missing key(s) {', '.join(missing)}")
+    epoch = _column(history, "epoch")
+    many = len(history) > 60
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig.suptitle("Training curves", fontsize=13)
+    ax_a, ax_b = fig.subplots(1, 2)
+
+    def line(ax, values, label, marker="o", **kw):
+        ok = np.isfinite(values)  # a test loss evaluated every k epochs: plot those points only
+        if ok.any():
+            label = f"{label}  (last {values[ok][-1]:.2f})"
+        style = {} if many else {"marker": marker, "markersize": 5}
+        return ax.plot(epoch[ok], values[ok], label=label, **style, **kw)[0]
+
+    # (a) the loss itself.
+    line(ax_a, _column(history, "loss"), "train -ELBO", color="C0")
+    test = _column(history, "test_loss")
+    if np.isfinite(test).any():
+        line(ax_a, test, "test -ELBO", marker="s", color="C3", linestyle="--", markerfacecolor="none")
+    ax_a.set_title("(a) -ELBO (lower is better)")
+    ax_a.set_ylabel("-ELBO (nats per example)")
+    ax_a.legend()
+
+    # (b) its two terms, each on its own scale.
+    rec_color, kl_color = "C2", "C1"
+    h1 = line(ax_b, _column(history, "reconstruction"), "reconstruction -E[log P(x|z)]", color=rec_color)
+    ax_kl = ax_b.twinx()
+    h2 = line(ax_kl, _column(history, "kl"), "KL(Q(z|x) || N(0, I))", marker="s", color=kl_color,
+              linestyle="--", markerfacecolor="none")
+    ax_b.set_title("(b) The two terms of -ELBO (train)")
+    ax_b.set_ylabel("reconstruction (nats per example)", color=rec_color)
+    ax_kl.set_ylabel("KL (nats per example)", color=kl_color)
+    ax_b.tick_params(axis="y", colors=rec_color)
+    ax_kl.tick_params(axis="y", colors=kl_color)
+    ax_b.legend(handles=[h1, h2])
+
+    for ax in (ax_a, ax_b):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if np.ptp(epoch) == 0:  # one epoch: a narrow window with one tick, not 0..2
+            ax.set_xlim(epoch[0] - 0.5, epoch[0] + 0.5)
+            ax.set_xticks([epoch[0]])
+    return _finish(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------
+def plot_reconstructions(x, x_rec, path=None, n=10, image_shape=(28, 28), dpi=DPI,
+                         title="Originals and their reconstructions E[x | z = mu(x)]") -> Figure:
+    """The first ``n`` originals (top row) above their reconstructions (bottom row).
+
+    Args:
+        x: originals, (N, H*W) or (N, H, W), values in [0, 1].
+        x_rec: reconstructions of the same shape, e.g. ``model.reconstruct(x)``.
+        n: how many to show (at most N).
+        image_shape: (H, W).
+    """
+    n = _check_positive_int("n", n)
+    a, b = _as_images("x", x, image_shape), _as_images("x_rec", x_rec, image_shape)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"x_rec: expected {a.shape[0]} images like x, got {b.shape[0]}")
+    n = min(n, a.shape[0])
+    h, w, _ = _image_size(image_shape)
+    grid = image_grid(np.concatenate([a[:n], b[:n]]), 2, n, image_shape, pad=1)
+
+    fig = Figure(figsize=(1.9 + 0.8 * max(n, 5), 0.75 + 0.8 * 2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(grid, **_IMSHOW)
+    ax.set_xticks([])
+    ax.set_yticks(_tile_centres(2, h, 1), ["original", "reconstruction"])
+    ax.tick_params(axis="y", length=0, labelsize=11)
+    ax.set_title(title)
+    return _finish(fig, path, dpi)
+
+
+def plot_samples(samples, path=None, grid=8, image_shape=(28, 28), dpi=DPI,
+                 title="Samples from the prior z ~ N(0, I)") -> Figure:
+    """``grid * grid`` images tiled into one picture with thin grey separators.
+
+    Args:
+        samples: (N, H*W) or (N, H, W), e.g. ``model.sample(64)``; the first grid*grid
+            are shown (fewer leave empty tiles).
+        grid: tiles per side.
+        image_shape: (H, W).
+    """
+    grid = _check_positive_int("grid", grid)
+    a = _as_images("samples", samples, image_shape)[: grid * grid]
+    fig = Figure(figsize=(6.4, 6.8), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(image_grid(a, grid, grid, image_shape, pad=1), **_IMSHOW)
+    _no_ticks(ax)
+    ax.set_title(title)
+    return _finish(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------
+# The latent space
+# ---------------------------------------------------------------------------------------
+def _pca2(mu):
+    """The first two principal components of the rows of mu (N, Z): scores (N, 2) and the
+    share of the total variance each explains (2,). Signs are fixed so that each
+    component's largest loading is positive, which makes the picture reproducible."""
+    centred = mu - mu.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)  # vt: (min(N, Z), Z)
+    if vt.shape[0] < 2:  # a single point: no second direction
+        vt = np.concatenate([vt, np.eye(2, mu.shape[1])[vt.shape[0] :]])
+    vt = vt[:2]
+    signs = np.sign(vt[np.arange(2), np.argmax(np.abs(vt), axis=1)])
+    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+    total = float(np.sum(s**2))
+    share = s[:2] ** 2 / total if total > 0 else np.zeros(2)
+    return centred @ vt.T, share
+
+
+def plot_latent(mu, labels, path=None, dpi=DPI, label_name="digit", max_points=None, seed=0) -> Figure:
+    """The posterior means mu(x) of a data set, coloured by class.
+
+    Args:
+        mu: (N, Z) latent means, e.g. ``model.encode(x)[0]``.
+        labels: (N,) integer classes (digits 0-9), or None for one colour.
+        label_name: what a label is, for the legend's title.
+        max_points: plot a random subset of this many points (None: all).
+        seed: for that subset and for the jitter of the Z=1 strips.
+    Returns:
+        Z=1: one strip of points per label (a histogram without labels);
+        Z=2: a scatter of (z1, z2);
+        Z>2: a scatter of the first two principal components of the centred means, with the
+        share of variance each explains in its axis label.
+    """
+    mu = _host(mu)
+    if mu.ndim == 1:
+        mu = mu[:, None]
+    if mu.ndim != 2 or mu.shape[0] < 1:
+        raise ValueError(f"mu: expected shape (N, Z) with N >= 1, got {mu.shape}")
+    n, z_dim = mu.shape
+    if labels is not None:
+        labels = _host(labels, dtype=None).reshape(-1)
+        if labels.shape[0] != n:
+            raise ValueError(f"labels: expected {n} labels, one per row of mu, got {labels.shape[0]}")
+    rng = np.random.default_rng(seed)
+    if max_points is not None and n > max_points:
+        keep = np.sort(rng.choice(n, size=int(max_points), replace=False))
+        mu, labels = mu[keep], None if labels is None else labels[keep]
+
+    fig = Figure(figsize=(7.4, 6.0), layout="constrained")
+    ax = fig.add_subplot()
+    classes = [] if labels is None else list(np.unique(labels))
+    cmap = "tab10" if len(classes) <= 10 else "tab20"
+    palette = colormaps[cmap]
+    colors = {c: palette(i % palette.N) for i, c in enumerate(classes)}
+    point = {"s": 6, "alpha": 0.6, "linewidths": 0, "rasterized": True}
+
+    def fmt(c):  # 3.0 -> "3"; other labels as they are
+        if isinstance(c, (float, np.floating)) and float(c).is_integer():
+            return str(int(c))
+        return str(c)
+
+    if z_dim == 1:
+        x = mu[:, 0]
+        if labels is None:
+            ax.hist(x, bins=min(60, max(10, int(np.sqrt(len(x))))), color="C0")
+            ax.set_ylabel("count")
+        else:
+            for i, c in enumerate(classes):
+                sel = labels == c
+                jitter = rng.uniform(-0.3, 0.3, size=int(sel.sum()))
+                ax.scatter(x[sel], i + jitter, color=colors[c], **point)
+            ax.set_yticks(range(len(classes)), [fmt(c) for c in classes])
+            ax.set_ylabel(label_name)
+            ax.invert_yaxis()
+        ax.set_xlabel("z (posterior mean)")
+        ax.set_title("Latent means mu(x), Z = 1: one strip per " + label_name if labels is not None
+                     else "Latent means mu(x), Z = 1")
+    else:
+        if z_dim == 2:
+            xy = mu
+            ax.set_xlabel("z1 (posterior mean)")
+            ax.set_ylabel("z2 (posterior mean)")
+            ax.set_title("Latent means mu(x), Z = 2")
+        else:
+            xy, share = _pca2(mu)
+            ax.set_xlabel(f"PC 1 ({100 * share[0]:.1f}% of variance)")
+            ax.set_ylabel(f"PC 2 ({100 * share[1]:.1f}% of variance)")
+            ax.set_title(f"Latent means mu(x), Z = {z_dim}: first two principal components")
+        if labels is None:
+            ax.scatter(xy[:, 0], xy[:, 1], color="C0", **point)
+        else:
+            order = rng.permutation(len(xy))  # draw classes interleaved, so none hides the rest
+            c_idx = np.searchsorted(np.asarray(classes), labels[order])
+            rgba = np.array([colors[c] for c in classes])[c_idx]
+            ax.scatter(xy[order, 0], xy[order, 1], c=rgba, **point)
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(alpha=0.3)
+
+    if labels is not None and z_dim > 1:
+        handles = [ax.scatter([], [], color=colors[c], s=40, label=fmt(c)) for c in classes]
+        ax.legend(handles=handles, title=label_name, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                  frameon=False)
+    return _finish(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------
+# Pictures made by the decoder
+# ---------------------------------------------------------------------------------------
+def _decode_means(model, z):
+    """E[x|z] for host latents z (K, Z), decoded in one batch, as host (K, D)."""
+    out = model.decode(asarray(np.asarray(z), dtype=model.dtype))
+    return _host(model.mean(out))
+
+
+def _check_model_images(model, image_shape):
+    h, w, d = _image_size(image_shape)
+    if model.input_dim != d:
+        raise ValueError(f"image_shape: expected H * W = model.input_dim = {model.input_dim}, got {(h, w)}")
+    return h, w
+
+
+def plot_manifold(model, path=None, n=20, image_shape=(28, 28), dpi=DPI, p_range=(0.05, 0.95)) -> Figure:
+    """The learned 2-D manifold (Kingma & Welling 2014, Fig. 4) of a model with latent_dim 2.
+
+    The unit square of probabilities p = linspace(*p_range, n) in each coordinate goes
+    through the inverse normal CDF to z = Phi^-1(p), so the grid covers the prior N(0, I)
+    evenly in probability; each z is decoded to E[x|z] (all n*n in one batch) and tiled:
+    z1 grows to the right, z2 grows upwards.
+
+    Args:
+        model: an ``npvae.VAE`` with ``latent_dim == 2``.
+        n: tiles per side.
+        image_shape: (H, W), with H * W = model.input_dim.
+    """
+    if model.latent_dim != 2:
+        raise ValueError(f"model: expected latent_dim 2 for a manifold plot, got {model.latent_dim}")
+    n = _check_positive_int("n", n)
+    h, w = _check_model_images(model, image_shape)
+    lo, hi = (float(p) for p in p_range)
+    if not 0.0 < lo <= hi < 1.0:
+        raise ValueError(f"p_range: expected 0 < low <= high < 1, got {tuple(p_range)}")
+    p = np.array([0.5]) if n == 1 else np.linspace(lo, hi, n)
+    zs = np.array([NormalDist().inv_cdf(float(q)) for q in p])  # increasing
+    z1, z2 = np.meshgrid(zs, zs[::-1])  # row 0 (top) has the largest z2
+    images = _decode_means(model, np.stack([z1.ravel(), z2.ravel()], axis=1))
+    grid = image_grid(images, n, n, image_shape, pad=0)
+
+    fig = Figure(figsize=(7.2, 7.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(grid, **_IMSHOW)
+    # Ticks at round z values, placed where they fall between the tiles (z is not linear in
+    # the tile index: equal steps in p are unequal steps in z).
+    if n == 1:
+        tick_z, tick_pos = np.array([0.0]), np.array([0.0])
+    else:
+        tick_z = np.array([v for v in np.arange(-3.0, 3.01, 0.5) if zs[0] - 1e-9 <= v <= zs[-1] + 1e-9])
+        tick_pos = (np.array([NormalDist().cdf(float(v)) for v in tick_z]) - lo) / (hi - lo) * (n - 1)
+    labels = [f"{v:g}" for v in tick_z]
+    ax.set_xticks(tick_pos * w + (w - 1) / 2, labels)
+    ax.set_yticks((n - 1 - tick_pos) * h + (h - 1) / 2, labels)
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.set_title(f"Decoder means E[x|z] on a {n} x {n} grid of z\n"
+                 f"(probabilities {lo:g} to {hi:g}, evenly spaced, through the inverse normal CDF)",
+                 fontsize=11)
+    return _finish(fig, path, dpi)
+
+
+def plot_interpolation(model, x_a, x_b, path=None, steps=10, image_shape=(28, 28), dpi=DPI) -> Figure:
+    """A walk in latent space between two inputs, decoded.
+
+    Both inputs are encoded and their posterior means mu_a, mu_b taken; then
+    z_t = (1 - t) mu_a + t mu_b for t in linspace(0, 1, steps) is decoded to E[x|z_t] and
+    shown in a row, labelled with t.
+
+    Args:
+        model: an ``npvae.VAE``.
+        x_a, x_b: one input each, (D,) or (1, D), host or backend array.
+        steps: number of points along the line, the two ends included (>= 2).
+        image_shape: (H, W), with H * W = model.input_dim.
+    """
+    steps = _check_positive_int("steps", steps)
+    if steps < 2:
+        raise ValueError(f"steps: expected at least 2, got {steps}")
+    h, w = _check_model_images(model, image_shape)
+    ends = []
+    for name, x in (("x_a", x_a), ("x_b", x_b)):
+        x = _host(x)
+        if x.size != model.input_dim or x.ndim > 2:
+            d = model.input_dim
+            raise ValueError(f"{name}: expected shape ({d},) or (1, {d}), got {x.shape}")
+        ends.append(x.reshape(model.input_dim))
+    mu = _host(model.encode(np.stack(ends))[0])  # (2, Z)
+    t = np.linspace(0.0, 1.0, steps)
+    images = _decode_means(model, (1 - t)[:, None] * mu[0] + t[:, None] * mu[1])
+
+    fig = Figure(figsize=(0.4 + 0.8 * max(steps, 5), 1.35 + 0.8), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(image_grid(images, 1, steps, image_shape, pad=1), **_IMSHOW)
+    ax.set_xticks(_tile_centres(steps, w, 1), [f"{v:.2f}" for v in t])
+    ax.set_yticks([])
+    ax.tick_params(axis="x", length=0)
+    ax.set_xlabel("t")
+    ax.set_title("Decoding z = (1 - t) mu(x_a) + t mu(x_b)")
+    return _finish(fig, path, dpi)

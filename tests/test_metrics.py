@@ -1,0 +1,105 @@
+"""-ELBO, the importance-sampled log-likelihood, and active units."""
+
+import math
+
+import numpy as np
+import pytest
+
+import npvae
+from npvae import metrics as ev
+from conftest import host, toy_images
+
+D = 36
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x, _ = toy_images(n=300, d=D, seed=2)
+    model = npvae.VAE(D, (16,), 2, dtype="float64", seed=0)
+    npvae.fit(model, x[:240], epochs=8, batch_size=32, lr=3e-3, progress=False)
+    return model, x[240:]
+
+
+def test_evaluate_is_the_mean_negative_elbo(trained):
+    model, x = trained
+    result = npvae.evaluate(model, x, batch_size=25)  # several batches
+    assert set(result) == {"loss", "reconstruction", "kl"}
+    assert result["loss"] == pytest.approx(result["reconstruction"] + result["kl"], rel=1e-12)
+    assert result == pytest.approx(npvae.evaluate(model, x, batch_size=7), rel=1e-12)  # batching changes nothing
+    # The same number from the model's own loss with one eps for the whole set:
+    eps = npvae.Generator(npvae.backend.spawn_seeds(0, 2)[0]).standard_normal((60, 2), dtype="float64")
+    assert result["loss"] == pytest.approx(model.loss(x, eps), rel=1e-10)
+
+
+def test_log_likelihood_is_above_the_elbo(trained):
+    model, x = trained
+    elbo = -npvae.evaluate(model, x)["loss"]
+    # k = 1 is an unbiased estimate of the ELBO: equal within a few standard errors.
+    per = ev.log_likelihood(model, x, k=1, seed=1, per_example=True)
+    assert per.shape == (60,)
+    assert abs(per.mean() - elbo) < 4 * per.std(ddof=1) / math.sqrt(len(per))
+    ll = npvae.log_likelihood(model, x, k=1000, seed=1)
+    assert elbo < ll < 0
+
+
+def ppca(d=5, z=2, seed=0):
+    """A linear Gaussian VAE, i.e. probabilistic PCA: x = W z + b + noise, noise ~ N(0, I),
+    z ~ N(0, I), so p(x) = N(b, W W^T + I) in closed form. The columns of W are orthogonal,
+    so the exact posterior has a diagonal covariance, which the encoder can represent:
+        M = W^T W + I (diagonal),  q(z|x) = N(M^-1 W^T (x - b), M^-1)."""
+    g = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(g.standard_normal((d, z)))
+    w = q * np.array([2.0, 0.7])[:z]  # (D, Z), orthogonal columns
+    b = g.standard_normal(d)
+    model = npvae.VAE(d, (), z, likelihood="gaussian", dtype="float64", seed=0)
+    model.decoder.layers[0].W[...] = npvae.asarray(w.T)  # out = z @ W^T + b
+    model.decoder.layers[0].b[...] = npvae.asarray(b)
+    m_diag = np.sum(w * w, axis=0) + 1.0
+    x = g.multivariate_normal(b, w @ w.T + np.eye(d), size=40)
+    sign, logdet = np.linalg.slogdet(w @ w.T + np.eye(d))
+    diff = x - b
+    cov_inv = np.linalg.inv(w @ w.T + np.eye(d))
+    true = -0.5 * (np.einsum("nd,de,ne->n", diff, cov_inv, diff) + logdet + d * np.log(2 * np.pi))
+    return model, x, true, w, b, m_diag
+
+
+def test_exact_posterior_makes_the_estimate_exact_for_any_k_and_chunking():
+    model, x, true, w, b, m_diag = ppca()
+    model.mu_head.W[...] = npvae.asarray(w / m_diag)  # mu = (x - b) W M^-1 = x @ (W / m) + (-b W / m)
+    model.mu_head.b[...] = npvae.asarray(-(b @ w) / m_diag)
+    model.logvar_head.W[...] = 0.0
+    model.logvar_head.b[...] = npvae.asarray(-np.log(m_diag))
+    for k, max_rows in ((1, 8192), (7, 3), (50, 16)):  # k=7 with 3 rows at a time: streaming log-sum-exp
+        est = ev.log_likelihood(model, x, k=k, max_rows=max_rows, per_example=True)
+        np.testing.assert_allclose(est, true, rtol=1e-10)
+    # With the exact posterior, KL(Q || P(z|x)) = 0, so the ELBO is log p(x) too (in
+    # expectation: the loss's single-sample reconstruction term varies with eps).
+    reps = 2000
+    eps = np.random.default_rng(0).standard_normal((40 * reps, 2))
+    assert -model.loss(np.repeat(x, reps, axis=0), eps) == pytest.approx(true.mean(), abs=0.02)
+
+
+def test_estimate_grows_with_k_and_converges_to_the_true_log_likelihood():
+    model, x, true, *_ = ppca(seed=1)  # the encoder is random: a poor proposal, a wide gap
+    lls = [npvae.log_likelihood(model, x, k=k, seed=2) for k in (1, 10, 100, 1000, 10000)]
+    assert lls == sorted(lls)  # grows with k ...
+    assert lls[0] < true.mean() - 1.0  # ... from far below ...
+    assert abs(lls[-1] - true.mean()) < 0.05  # ... to the true value
+
+
+def test_active_units(trained):
+    model, x = trained
+    activity = ev.unit_activity(model, x)
+    assert activity.shape == (2,) and (activity >= 0).all()
+    assert npvae.active_units(model, x) == int(np.sum(activity > 1e-2))
+    # Silence unit 0: its posterior mean no longer depends on x.
+    model.mu_head.W[:, 0] = 0.0
+    assert ev.unit_activity(model, x)[0] == pytest.approx(0.0, abs=1e-20)
+    assert npvae.active_units(model, x) == npvae.active_units(model, x, threshold=0.0) - 1 or activity[1] <= 1e-2
+    np.testing.assert_allclose(ev.unit_activity(model, x)[1], activity[1], rtol=1e-12)  # unit 1 unchanged
+
+
+def test_bad_k(trained):
+    model, x = trained
+    with pytest.raises(ValueError, match="k: expected a positive integer, got 0"):
+        npvae.log_likelihood(model, x, k=0)
