@@ -9,7 +9,7 @@ Modules, one idea each: ``backend`` (NumPy / CuPy / strict), ``layers``, ``distr
 ``gradcheck``, ``cli``.
 """
 
-from . import backend, distributions, gradcheck, layers, optim
+from . import backend, datasets, distributions, gradcheck, layers, optim
 from .backend import Generator, asarray, get_backend, set_backend, to_numpy
 from .checkpoint import CheckpointError, load
 from .metrics import active_units, evaluate, log_likelihood
@@ -21,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE", "LossAndGrads", "Generator", "asarray", "to_numpy", "get_backend", "set_backend",
     "fit", "load", "CheckpointError", "History", "TrainingError", "evaluate", "log_likelihood", "active_units",
-    "backend", "layers", "distributions", "gradcheck", "optim", "__version__",
+    "backend", "layers", "distributions", "gradcheck", "optim", "datasets", "__version__",
 ]

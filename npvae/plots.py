@@ -23,7 +23,6 @@ in [0, 1], shown in grey from black (0) to white (1).
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from statistics import NormalDist
 
@@ -33,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .backend import asarray, to_numpy
+from .io import atomic_open
 
 __all__ = [
     "image_grid", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent",
@@ -90,17 +90,8 @@ def save_figure(fig: Figure, path, dpi: int = DPI) -> Path:
     notebook shows figures).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     return path
 
 
