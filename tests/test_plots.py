@@ -263,9 +263,8 @@ def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
     before = path.read_bytes()
 
     class Broken(Figure):
-        def savefig(self, fname, **kw):
-            with open(fname, "wb") as f:
-                f.write(PNG_SIGNATURE)  # half a file, then the disk fills up
+        def savefig(self, f, **kw):
+            f.write(PNG_SIGNATURE)  # half a file, then the disk fills up
             raise OSError("No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
