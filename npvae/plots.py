@@ -198,7 +198,7 @@ def plot_history(history, path=None, dpi=DPI) -> Figure:
     ax_kl.set_ylabel("KL (nats per example)", color=kl_color)
     ax_b.tick_params(axis="y", colors=rec_color)
     ax_kl.tick_params(axis="y", colors=kl_color)
-    ax_b.legend(handles=[h1, h2])
+    ax_b.legend(handles=[h1, h2], loc="center right")
 
     for ax in (ax_a, ax_b):
         ax.set_xlabel("epoch")

@@ -129,8 +129,8 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=128, optimizer="adam"
     x_test = None if x_test is None else model.check_x(x_test)
     if binarize == "static":
         x_train = _bernoulli_draw(x_train, Generator(spawn_seeds(seed, 4)[2]))
-    if binarize != "none" and x_test is not None:
-        x_test = _bernoulli_draw(x_test, Generator(spawn_seeds(seed, 4)[3]))
+    if x_test is not None:
+        x_test = binarize_test_set(x_test, binarize, seed)
 
     n = int(x_train.shape[0])
     steps_per_epoch = math.ceil(n / batch_size)
@@ -201,6 +201,15 @@ def _resume_state(model, optimizer) -> TrainState:
     if name != state.optimizer.name:
         raise ValueError(f"optimizer: expected {state.optimizer.name!r} to resume the saved state, got {name!r}")
     return state
+
+
+def binarize_test_set(x, binarize, seed):
+    """The test set as ``fit`` evaluates it: unchanged for ``binarize="none"``, else one
+    fixed Bernoulli draw made from ``seed`` (the same one at every epoch and in
+    ``npvae evaluate``)."""
+    if binarize == "none":
+        return x
+    return _bernoulli_draw(x, Generator(spawn_seeds(seed, 4)[3]))
 
 
 def _bernoulli_draw(x, rng: Generator):
