@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from . import kernels
 from .backend import DEFAULT_DTYPE, Generator, array_namespace, get_backend
 
 
@@ -55,17 +56,17 @@ class Dense:
         return {name: rng.uniform(shape, -bound, bound, dtype=dtype) for name, shape in self.param_shapes.items()}
 
     def forward(self, x):
-        out = x @ self.W + self.b  # (N, D_out)
+        out = x @ self.W  # (N, D_out)
+        out += self.b  # in place: no second (N, D_out) array
         return out, x
 
     def backward(self, dout, cache, need_dx=True):
         """Writes dW and db; returns dx, or None when ``need_dx`` is False (the data x of
         a first layer needs no gradient, and skipping it saves a third of the layer's work)."""
         x = cache
-        xp = array_namespace(dout)
-        self.dW[...] = x.T @ dout  # (D_in, D_out)
-        self.db[...] = xp.sum(dout, axis=0)  # (D_out,)
-        return dout @ self.W.T if need_dx else None  # (N, D_in)
+        kernels.matmul_into(x.T, dout, out=self.dW)  # dW = x^T @ dout      (D_in, D_out)
+        kernels.sum_rows_into(dout, out=self.db)  # db = sum_n dout_n   (D_out,)
+        return dout @ self.W.T if need_dx else None  # dx = dout @ W^T    (N, D_in)
 
     def __repr__(self):
         return f"Dense({self.in_dim}, {self.out_dim})"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from . import kernels
 from .backend import get_backend, to_numpy
 
 
@@ -117,26 +118,33 @@ class Adam(Optimizer):
 
     name = "adam"
     buffers = ("m", "v")
+    FLUSH_EVERY = 100  # steps between flushes of subnormal-bound entries (kernels.flush_tiny)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params, lr)
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps = float(eps)
+        xp = get_backend().xp
+        self.scratch = xp.zeros_like(params)  # work space, so a step allocates nothing
+        # Entries below this are flushed to 0 every FLUSH_EVERY steps: 1e6 x the smallest
+        # normal float, so that 100 steps of decay by 0.9 (a factor 3e-5) cannot take an
+        # entry from above it to subnormal.
+        self.flush_below = float(xp.finfo(params.dtype).smallest_normal) * 1e6
 
     def hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
     def step(self, grads):
-        xp = get_backend().xp
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        self.m *= b1
-        self.m += (1.0 - b1) * grads  # m: running mean of g
-        self.v *= b2
-        self.v += (1.0 - b2) * (grads * grads)  # v: running mean of g^2
-        step_size = self.lr / (1.0 - b1**self.t)
-        denom = xp.sqrt(self.v) / math.sqrt(1.0 - b2**self.t) + self.eps
-        self.params -= step_size * (self.m / denom)
+        # m / (sqrt(v) / c2 + eps) = c2 * m / (sqrt(v) + c2 * eps), with c2 = sqrt(1 - b2^t):
+        # the bias corrections become two numbers, and the update one pass per operation.
+        c2 = math.sqrt(1.0 - b2**self.t)
+        step_size = self.lr / (1.0 - b1**self.t) * c2
+        kernels.adam_update(self.params, grads, self.m, self.v, self.scratch, step_size, b1, b2, self.eps * c2)
+        if self.t % self.FLUSH_EVERY == 0:
+            kernels.flush_tiny(self.m, self.flush_below)
+            kernels.flush_tiny(self.v, self.flush_below)
 
 
 OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}

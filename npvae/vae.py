@@ -237,15 +237,18 @@ class VAE:
         mu, logvar, enc_caches = self._encode(x)  # (N, Z), (N, Z)
         z, eps = dist.reparameterize(mu, logvar, eps, rng=self.rng)  # (N, Z)
         out, dec_caches = self.decoder.forward(z)  # (N, D)
-        reconstruction = -xp.mean(self.log_likelihood(x, out))  # scalar
+        if self.likelihood == "bernoulli":  # log P(x|z) and its gradient, sharing exp(-|out|)
+            log_px, dlog_px = dist.bernoulli_log_likelihood_and_grad(x, out)  # (N,), (N, D)
+        else:
+            log_px, dlog_px = self.log_likelihood(x, out), x - out
+        reconstruction = -xp.mean(log_px)  # scalar
         kl = xp.mean(dist.gaussian_kl(mu, logvar))  # scalar
         loss = reconstruction + beta * kl
 
-        # Backward. Each of the N rows enters the mean with weight 1/N.
-        if self.likelihood == "bernoulli":
-            dout = dist.bernoulli_log_likelihood_backward(-1.0 / n, x, out)  # (N, D)
-        else:
-            dout = dist.gaussian_log_likelihood_backward(-1.0 / n, x, out)  # (N, D)
+        # Backward. Each of the N rows enters the mean with weight 1/N, and the loss is
+        # -log P: d loss / d out = -(1/N) d log P / d out.
+        dout = dlog_px
+        dout *= -1.0 / n  # (N, D), in place
         dz = self.decoder.backward(dout, dec_caches)  # (N, Z), fills d phi
         dmu, dlogvar = dist.reparameterize_backward(dz, logvar, eps)  # same eps as forward
         dmu_kl, dlogvar_kl = dist.gaussian_kl_backward(beta / n, mu, logvar)
