@@ -28,7 +28,9 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def _threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Threads for the chunked loops: $NPVAE_NUM_THREADS, else the number of cores (<= 4)."""
+    setting = os.environ.get("NPVAE_NUM_THREADS", "")
+    return max(1, int(setting)) if setting.isdigit() else max(1, min(4, os.cpu_count() or 1))
 
 
 def _map_chunks(fn, size, *arrays):
