@@ -218,6 +218,14 @@ def to_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def astype(a, dtype):
+    """``a`` converted to ``dtype`` (a dtype object of a's namespace), on any backend."""
+    if a.dtype == dtype:
+        return a
+    xp = array_namespace(a)
+    return xp.astype(a, dtype) if hasattr(xp, "astype") else a.astype(dtype)
+
+
 def copy(a):
     """A copy of the array ``a`` on its own backend (the standard spells it asarray(copy=True))."""
     if type(a).__module__.split(".")[0] == "array_api_strict":

@@ -152,18 +152,20 @@ def bernoulli_log_likelihood_backward(dll, x, logits):
 
 def bernoulli_log_likelihood_and_grad(x, logits):
     """``bernoulli_log_likelihood`` and d log P / d logits together, as a training step needs
-    them, sharing e = exp(-|l|) between the two (the exponential is the costly part):
+    them, in fewer passes over the (N, D) arrays:
 
-        log P        = sum_d [ x_d l_d - max(l_d, 0) - log1p(e_d) ]        (N,)
-        d log P / dl = x - sigma(l),  sigma(l) = 1/(1+e) if l >= 0 else e/(1+e)   (N, D)
+        log P        = sum_d [ x_d l_d - max(l_d, 0) - log(1 + exp(-|l_d|)) ]     (N,)
+        d log P / dl = x - sigma(l),   sigma(l) = (1 + tanh(l / 2)) / 2             (N, D)
 
-    Tested against the two separate functions.
+    The tanh form of the sigmoid never overflows and needs no ``where`` (a slow operation
+    on the CPU); its absolute error is one rounding unit, which is what a gradient needs
+    (for l < -17 it rounds sigma(l) to 0 in float32, where the exact form would give a
+    number below 4e-8). Tested against the two separate functions.
     """
     xp = array_namespace(logits)
-    e = xp.exp(-xp.abs(logits))  # (N, D), in (0, 1]
-    one_plus_e = 1.0 + e
-    log_p = xp.sum(x * logits - xp.maximum(logits, 0.0) - xp.log(one_plus_e), axis=-1)
-    p = xp.where(logits >= 0, 1.0, e) / one_plus_e  # sigma(logits)
+    log_p = xp.sum(x * logits - xp.maximum(logits, 0.0) - xp.log1p(xp.exp(-xp.abs(logits))), axis=-1)
+    p = 0.5 * xp.tanh(0.5 * logits)
+    p += 0.5  # sigma(logits), in place
     return log_p, x - p
 
 

@@ -5,7 +5,7 @@ Each function here has two versions that compute the same thing:
 - the *generic* one, in plain array-API code (``xp``), which runs on every backend and is
   the one to read next to the math;
 - a *NumPy* one, used when the active backend is ``numpy``, which uses what only NumPy
-  offers (``out=`` arguments, ``copyto``, threads over chunks) to avoid temporary arrays
+  offers (``out=`` arguments, ``copyto``, chunks that fit the cache) to avoid temporary arrays
   and to keep the data in the CPU's cache.
 
 The tests run both on the same inputs and compare them (``tests/test_kernels.py``). Model
@@ -14,9 +14,6 @@ code calls these functions and never branches on the backend itself.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 from .backend import array_namespace, get_backend
 
 # The optimizer works through its vectors in chunks of this many entries: 5 float32 arrays
@@ -24,31 +21,17 @@ from .backend import array_namespace, get_backend
 # of an Adam step run over it (one pass at a time over the whole 650k-entry vector would
 # stream every array through memory 12 times).
 CHUNK = 65_536
-_pool: ThreadPoolExecutor | None = None
-
-
-def _threads() -> int:
-    """Threads for the chunked loops: $NPVAE_NUM_THREADS, else the number of cores (<= 4)."""
-    setting = os.environ.get("NPVAE_NUM_THREADS", "")
-    return max(1, int(setting)) if setting.isdigit() else max(1, min(4, os.cpu_count() or 1))
 
 
 def _map_chunks(fn, size, *arrays):
-    """Run ``fn(*chunks)`` over consecutive chunks of the 1-D ``arrays``, on all cores.
+    """Run ``fn(*chunks)`` over consecutive chunks of the 1-D ``arrays``.
 
-    NumPy releases the GIL inside its elementwise loops, so threads run them in parallel.
+    (One thread: splitting the chunks over two threads was measured slower here, because
+    the BLAS threads of the matrix product just before still hold the other core.)
     """
-    global _pool
-    bounds = [(a, min(a + CHUNK, size)) for a in range(0, size, CHUNK)]
-    work = [tuple(arr[a:b] for arr in arrays) for a, b in bounds]
-    if len(work) == 1 or _threads() == 1:
-        for chunk in work:
-            fn(*chunk)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="npvae")
-    for future in [_pool.submit(fn, *chunk) for chunk in work]:
-        future.result()
+    for a in range(0, size, CHUNK):
+        b = min(a + CHUNK, size)
+        fn(*(arr[a:b] for arr in arrays))
 
 
 # ---------------------------------------------------------------------------------------
