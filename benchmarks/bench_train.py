@@ -259,7 +259,9 @@ def run(args):
             rows[w.name].append(r)
             print(f"epoch {epoch:>2}  {w.name:<6} {r['seconds']:6.2f} s   loss {r['loss']:8.2f}   "
                   f"resident {r['rss']:6.0f} MB", flush=True)
-    extra = {w.name: w.close() for w in workers}
+    # Close PyTorch first: npvae's worker measures its step breakdown as it closes, and an
+    # idle PyTorch process beside it would still hold its threads.
+    extra = {w.name: w.close() for w in reversed(workers)}
 
     def median(name):
         times = [r["seconds"] for r in rows[name][1:6]]

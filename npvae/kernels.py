@@ -40,8 +40,8 @@ def _map_chunks(fn, size, *arrays):
 def adam_update(params, grads, m, v, scratch, step_size, beta1, beta2, eps_hat):
     """One Adam update, in place, of the flat vectors ``params``, ``m`` and ``v``:
 
-        m      <- m + (1 - beta1) (g - m)            (= beta1 m + (1 - beta1) g)
-        v      <- v + (1 - beta2) (g^2 - v)          (= beta2 v + (1 - beta2) g^2)
+        m      <- beta1 m + (1 - beta1) g
+        v      <- beta2 v + (1 - beta2) g^2
         params <- params - step_size * m / (sqrt(v) + eps_hat)
 
     with the bias corrections folded into ``step_size`` and ``eps_hat`` by the caller.
@@ -52,21 +52,24 @@ def adam_update(params, grads, m, v, scratch, step_size, beta1, beta2, eps_hat):
                     params.shape[0], params, grads, m, v, scratch)
         return
     xp = array_namespace(params)
-    m += (1.0 - beta1) * (grads - m)
-    v += (1.0 - beta2) * (grads * grads - v)
+    m *= beta1
+    m += (1.0 - beta1) * grads
+    v *= beta2
+    v += (1.0 - beta2) * (grads * grads)
     params -= step_size * (m / (xp.sqrt(v) + eps_hat))
 
 
 def _adam_numpy(p, g, m, v, t, step_size, beta1, beta2, eps_hat):
     # Twelve passes, every result written into an existing array (out=): no allocation.
+    # In-place operations with a number (m *= b1) are the cheapest kind: they come first.
     np = array_namespace(p)
-    np.subtract(g, m, out=t)
-    t *= 1.0 - beta1
-    m += t  # m <- m + (1 - b1)(g - m)
+    m *= beta1
+    np.multiply(g, 1.0 - beta1, out=t)
+    m += t  # m <- b1 m + (1 - b1) g
+    v *= beta2
     np.multiply(g, g, out=t)
-    t -= v
     t *= 1.0 - beta2
-    v += t  # v <- v + (1 - b2)(g^2 - v)
+    v += t  # v <- b2 v + (1 - b2) g^2
     np.sqrt(v, out=t)
     t += eps_hat
     np.divide(m, t, out=t)
