@@ -98,10 +98,7 @@ class Backend:
 
     def astype(self, a, dtype):
         """``a`` converted to ``dtype`` (a name or a dtype object); no copy when it matches."""
-        dt = self.dtype(dtype) if isinstance(dtype, str) else dtype
-        if a.dtype == dt:
-            return a
-        return self.xp.astype(a, dt) if hasattr(self.xp, "astype") else a.astype(dt)
+        return astype(a, self.dtype(dtype) if isinstance(dtype, str) else dtype)
 
     def take_rows(self, a, idx):
         """``a[idx]`` for a 1-D integer index array ``idx`` (the standard's ``take``)."""

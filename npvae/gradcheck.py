@@ -15,6 +15,10 @@ float64.)
   (f(x + h v) - f(x - h v)) / 2h with grad . v, which tests every entry at once for the cost
   of two evaluations (as ``jax.test_util.check_grads`` does).
 - ``check_model(model, x, eps)``: every parameter block of a VAE, with a per-block report.
+
+This module works at the host edge: it perturbs one entry at a time through the backend's
+arrays, and collects the differences and compares gradients in host NumPy arrays (a
+finite-difference check is a few hundred scalar evaluations, never a hot loop).
 """
 
 from __future__ import annotations
