@@ -237,10 +237,12 @@ class VAE:
         mu, logvar, enc_caches = self._encode(x)  # (N, Z), (N, Z)
         z, eps = dist.reparameterize(mu, logvar, eps, rng=self.rng)  # (N, Z)
         out, dec_caches = self.decoder.forward(z)  # (N, D)
-        if self.likelihood == "bernoulli":  # log P(x|z) and its gradient, sharing exp(-|out|)
-            log_px, dlog_px = dist.bernoulli_log_likelihood_and_grad(x, out)  # (N,), (N, D)
+        # log P(x|z) per row (N,), and its gradient with respect to out (N, D)
+        if self.likelihood == "bernoulli":
+            log_px, dlog_px = dist.bernoulli_log_likelihood_and_grad(x, out)  # in one go
         else:
-            log_px, dlog_px = self.log_likelihood(x, out), x - out
+            log_px = dist.gaussian_log_likelihood(x, out)
+            dlog_px = dist.gaussian_log_likelihood_backward(1.0, x, out)  # x - out
         reconstruction = -xp.mean(log_px)  # scalar
         kl = xp.mean(dist.gaussian_kl(mu, logvar))  # scalar
         loss = reconstruction + beta * kl
