@@ -294,6 +294,14 @@ def is_integer(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def check_int(name, value, minimum=1) -> int:
+    """``value`` as an int, or a ValueError naming ``name``, what was expected and what came."""
+    if not is_integer(value) or value < minimum:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name}: expected {kind}, got {value!r}")
+    return int(value)
+
+
 def info() -> dict:
     """What ``npvae info`` prints: backend, device, dtype and versions."""
     import platform

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from . import distributions as dist
-from .backend import Generator, get_backend, is_integer, spawn_seeds, to_numpy
+from .backend import Generator, check_int, get_backend, spawn_seeds, to_numpy
 
 MAX_ROWS = 8192  # rows decoded at once by log_likelihood: memory ~ MAX_ROWS * (D + H) floats
 
@@ -60,8 +60,7 @@ def log_likelihood(model, x, k=5000, seed=0, max_rows=MAX_ROWS, progress=False, 
     The k log-weights of each example are combined with a running log-sum-exp, chunk by
     chunk: m = max so far, s = sum exp(log w - m), log p = m + log s - log k.
     """
-    if not is_integer(k) or k < 1:
-        raise ValueError(f"k: expected a positive integer, got {k!r}")
+    check_int("k", k)
     x = model.check_x(x)
     be, xp = get_backend(), model.xp
     rng = Generator(spawn_seeds(seed, 2)[1])

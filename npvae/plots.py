@@ -31,7 +31,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .backend import asarray, to_numpy
+from .backend import asarray, check_int, to_numpy
 from .io import atomic_open
 
 __all__ = [
@@ -74,12 +74,6 @@ def _as_images(name, a, image_shape) -> np.ndarray:
     )
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 def save_figure(fig: Figure, path, dpi: int = DPI) -> Path:
     """Write ``fig`` as a PNG at ``path``, atomically, and return the path.
 
@@ -118,7 +112,7 @@ def image_grid(images, rows, cols, image_shape=(28, 28), pad=1, pad_value=SEPARA
     Returns:
         A float64 array of shape (rows*H + (rows-1)*pad, cols*W + (cols-1)*pad).
     """
-    rows, cols = _check_positive_int("rows", rows), _check_positive_int("cols", cols)
+    rows, cols = check_int("rows", rows), check_int("cols", cols)
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"pad: expected a non-negative integer, got {pad!r}")
     h, w, _ = _image_size(image_shape)
@@ -223,7 +217,7 @@ def plot_reconstructions(x, x_rec, path=None, n=10, image_shape=(28, 28), dpi=DP
         n: how many to show (at most N).
         image_shape: (H, W).
     """
-    n = _check_positive_int("n", n)
+    n = check_int("n", n)
     a, b = _as_images("x", x, image_shape), _as_images("x_rec", x_rec, image_shape)
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"x_rec: expected {a.shape[0]} images like x, got {b.shape[0]}")
@@ -251,7 +245,7 @@ def plot_samples(samples, path=None, grid=8, image_shape=(28, 28), dpi=DPI,
         grid: tiles per side.
         image_shape: (H, W).
     """
-    grid = _check_positive_int("grid", grid)
+    grid = check_int("grid", grid)
     a = _as_images("samples", samples, image_shape)[: grid * grid]
     fig = Figure(figsize=(6.4, 6.8), layout="constrained")
     ax = fig.add_subplot()
@@ -398,7 +392,7 @@ def plot_manifold(model, path=None, n=20, image_shape=(28, 28), dpi=DPI, p_range
     """
     if model.latent_dim != 2:
         raise ValueError(f"model: expected latent_dim 2 for a manifold plot, got {model.latent_dim}")
-    n = _check_positive_int("n", n)
+    n = check_int("n", n)
     h, w = _check_model_images(model, image_shape)
     lo, hi = (float(p) for p in p_range)
     if not 0.0 < lo <= hi < 1.0:
@@ -443,7 +437,7 @@ def plot_interpolation(model, x_a, x_b, path=None, steps=10, image_shape=(28, 28
         steps: number of points along the line, the two ends included (>= 2).
         image_shape: (H, W), with H * W = model.input_dim.
     """
-    steps = _check_positive_int("steps", steps)
+    steps = check_int("steps", steps)
     if steps < 2:
         raise ValueError(f"steps: expected at least 2, got {steps}")
     h, w = _check_model_images(model, image_shape)

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .backend import Generator, get_backend, is_integer, spawn_seeds
+from .backend import Generator, check_int, get_backend, spawn_seeds
 from .io import atomic_open
 from .optim import Optimizer, make_optimizer
 
@@ -61,7 +61,8 @@ class History(list):
                 value = row.get(key)
                 cells.append("" if value is None else (str(value) if key == "epoch" else repr(float(value))))
             lines.append(",".join(cells))
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        with atomic_open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
     @classmethod
     def from_csv(cls, path):
@@ -228,17 +229,10 @@ def _progress_bar(progress, total, desc):
 
 
 def _check_fit_args(epochs, batch_size, beta, kl_warmup_epochs, binarize):
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not is_integer(value) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    if not is_integer(kl_warmup_epochs) or kl_warmup_epochs < 0:
-        raise ValueError(f"kl_warmup_epochs: expected a non-negative integer, got {kl_warmup_epochs!r}")
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
+    check_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
     if binarize not in BINARIZE:
         raise ValueError(f"binarize: expected one of {BINARIZE}, got {binarize!r}")
-
-
-def _atomic_write_text(path, text):
-    with atomic_open(path, "w") as f:
-        f.write(text)

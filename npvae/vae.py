@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass
 
 from . import distributions as dist
-from .backend import DTYPES, Generator, get_backend, is_integer, spawn_seeds
+from .backend import DTYPES, Generator, check_int, get_backend, spawn_seeds
 from .layers import MLP, Dense, FlatParameters, sigmoid
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -86,13 +86,13 @@ class VAE:
 
     def __init__(self, input_dim, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
                  activation="relu", dtype="float32", seed=0):
-        _check_positive_int("input_dim", input_dim)
-        _check_positive_int("latent_dim", latent_dim)
+        check_int("input_dim", input_dim)
+        check_int("latent_dim", latent_dim)
         if isinstance(hidden_dims, int):
             hidden_dims = (hidden_dims,)
         hidden_dims = tuple(hidden_dims)
         for i, h in enumerate(hidden_dims):
-            _check_positive_int(f"hidden_dims[{i}]", h)
+            check_int(f"hidden_dims[{i}]", h)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
         if activation not in ACTIVATIONS:
@@ -178,7 +178,7 @@ class VAE:
 
         ``rng`` is an ``npvae.backend.Generator``; None uses the model's own ``model.rng``.
         """
-        _check_positive_int("n", n)
+        check_int("n", n)
         z = (rng or self.rng).standard_normal((int(n), self.latent_dim), dtype=self.dtype)
         return self.mean(self.decode(z))
 
@@ -291,7 +291,3 @@ class VAE:
             raise ValueError(f"{name}: expected shape (N, {width}), got {tuple(a.shape)}")
         return be.astype(a, self.dtype)
 
-
-def _check_positive_int(name, value):
-    if not is_integer(value) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
