@@ -23,21 +23,33 @@ from .backend import array_namespace, get_backend
 CHUNK = 65_536
 
 
-def _map_chunks(fn, size, *arrays):
-    """Run ``fn(*chunks)`` over consecutive chunks of the 1-D ``arrays``.
+def work_vector(params):
+    """The scratch space ``adam_update`` needs: one chunk's worth of entries, reused for
+    every chunk, so that it stays in the cache (a scratch as long as ``params`` would be one
+    more 2.6 MB array streamed through memory at every step: measured 17% of Adam's time).
+    Other backends compute with temporaries and need none: None."""
+    if get_backend().name != "numpy":
+        return None
+    xp = array_namespace(params)
+    return xp.zeros(min(CHUNK, params.shape[0]), dtype=params.dtype)
+
+
+def _map_chunks(fn, size, arrays, work):
+    """Run ``fn(*chunks, work)`` over consecutive chunks of the 1-D ``arrays``, with the
+    same ``work`` vector (its first b - a entries) for every chunk.
 
     (One thread: splitting the chunks over two threads was measured slower here, because
     the BLAS threads of the matrix product just before still hold the other core.)
     """
     for a in range(0, size, CHUNK):
         b = min(a + CHUNK, size)
-        fn(*(arr[a:b] for arr in arrays))
+        fn(*(arr[a:b] for arr in arrays), work[: b - a])
 
 
 # ---------------------------------------------------------------------------------------
 # Adam's update
 # ---------------------------------------------------------------------------------------
-def adam_update(params, grads, m, v, scratch, step_size, beta1, beta2, eps_hat):
+def adam_update(params, grads, m, v, work, step_size, beta1, beta2, eps_hat):
     """One Adam update, in place, of the flat vectors ``params``, ``m`` and ``v``:
 
         m      <- beta1 m + (1 - beta1) g
@@ -45,11 +57,11 @@ def adam_update(params, grads, m, v, scratch, step_size, beta1, beta2, eps_hat):
         params <- params - step_size * m / (sqrt(v) + eps_hat)
 
     with the bias corrections folded into ``step_size`` and ``eps_hat`` by the caller.
-    ``scratch`` is a work vector of the same length (its content is overwritten).
+    ``work`` is ``work_vector(params)`` (its content is overwritten).
     """
     if get_backend().name == "numpy":
         _map_chunks(lambda p, g, m_, v_, t: _adam_numpy(p, g, m_, v_, t, step_size, beta1, beta2, eps_hat),
-                    params.shape[0], params, grads, m, v, scratch)
+                    params.shape[0], (params, grads, m, v), work)
         return
     xp = array_namespace(params)
     m *= beta1
@@ -91,6 +103,46 @@ def flush_tiny(a, threshold):
         xp.copyto(a, 0.0, where=xp.abs(a) < threshold)
         return
     a[...] = xp.where(xp.abs(a) < threshold, 0.0, a)
+
+
+# ---------------------------------------------------------------------------------------
+# The Bernoulli log-likelihood and its gradient (npvae.distributions has the math)
+# ---------------------------------------------------------------------------------------
+def bernoulli_log_likelihood_and_grad(x, logits):
+    """log P (N,) = sum_d [x l - max(l, 0) - log1p(exp(-|l|))] and d log P / dl (N, D) =
+    x - sigma(l), with sigma(l) = (1 + tanh(l / 2)) / 2, for x and logits l of shape (N, D)."""
+    xp = array_namespace(logits)
+    if get_backend().name == "numpy" and x.ndim == 2 and x.shape == logits.shape:
+        return _bernoulli_numpy(xp, x, logits)
+    log_p = xp.sum(x * logits - xp.maximum(logits, 0.0) - xp.log1p(xp.exp(-xp.abs(logits))), axis=-1)
+    p = 0.5 * xp.tanh(0.5 * logits)
+    p += 0.5  # sigma(logits), in place
+    return log_p, x - p
+
+
+def _bernoulli_numpy(np, x, l):
+    # Two (N, D) arrays instead of eight, and the row sums as matrix-vector products:
+    #   sum_d x_d l_d       = vecdot(x, l)               (one pass, no x * l array)
+    #   sum_d max(l_d, 0)   = (sum_d l_d + sum_d |l_d|) / 2
+    #   sum_d log1p(e_d)    = log1p(e) @ 1,   e = exp(-|l|), computed in place in one array
+    # Measured 270 -> 190 us for a batch of 128 x 784.
+    ones = np.ones(l.shape[1], dtype=l.dtype)
+    a = np.abs(l)  # |l|                                              (N, D)
+    relu_sum = l @ ones
+    relu_sum += a @ ones
+    relu_sum *= 0.5  # sum_d max(l_d, 0)                              (N,)
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    np.log1p(a, out=a)  # log(1 + exp(-|l|)), in place                (N, D)
+    log_p = np.vecdot(x, l)
+    log_p -= relu_sum
+    log_p -= a @ ones  # (N,)
+    grad = np.multiply(l, 0.5)  # x - sigma(l) = x - 1/2 - tanh(l/2)/2, in place
+    np.tanh(grad, out=grad)
+    grad *= -0.5
+    grad -= 0.5
+    grad += x  # (N, D)
+    return log_p, grad
 
 
 # ---------------------------------------------------------------------------------------

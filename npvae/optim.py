@@ -125,7 +125,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps = float(eps)
         xp = get_backend().xp
-        self.scratch = xp.zeros_like(params)  # work space, so a step allocates nothing
+        self.work = kernels.work_vector(params)  # scratch space, so a step allocates nothing
         # Entries below this are flushed to 0 every FLUSH_EVERY steps: 1e6 x the smallest
         # normal float, so that 100 steps of decay by 0.9 (a factor 3e-5) cannot take an
         # entry from above it to subnormal.
@@ -141,7 +141,7 @@ class Adam(Optimizer):
         # the bias corrections become two numbers, and the update one pass per operation.
         c2 = math.sqrt(1.0 - b2**self.t)
         step_size = self.lr / (1.0 - b1**self.t) * c2
-        kernels.adam_update(self.params, grads, self.m, self.v, self.scratch, step_size, b1, b2, self.eps * c2)
+        kernels.adam_update(self.params, grads, self.m, self.v, self.work, step_size, b1, b2, self.eps * c2)
         if self.t % self.FLUSH_EVERY == 0:
             kernels.flush_tiny(self.m, self.flush_below)
             kernels.flush_tiny(self.v, self.flush_below)

@@ -28,8 +28,11 @@ def on_both(use_backend, fn, *host_arrays):
 def test_adam_update(use_backend, size, rng):
     p, g = rng.standard_normal(size).astype(np.float32), rng.standard_normal(size).astype(np.float32)
     m, v = rng.standard_normal(size).astype(np.float32) * 1e-2, rng.uniform(size=size).astype(np.float32) * 1e-3
-    scratch = np.zeros(size, np.float32)
-    fast, generic = on_both(use_backend, lambda *a: kernels.adam_update(*a, 1e-3, 0.9, 0.999, 1e-8), p, g, m, v, scratch)
+
+    def update(*arrays):
+        kernels.adam_update(*arrays, kernels.work_vector(arrays[0]), 1e-3, 0.9, 0.999, 1e-8)
+
+    fast, generic = on_both(use_backend, update, p, g, m, v)
     for a, b in zip(fast[:4], generic[:4]):  # params, grads, m, v
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-12)
     assert not np.array_equal(fast[0], p)  # it did update
@@ -60,6 +63,25 @@ def test_fused_bernoulli_equals_the_two_separate_functions(be, rng):
     log_p, dlog_p = dist.bernoulli_log_likelihood_and_grad(x, logits)
     np.testing.assert_allclose(host(log_p), host(dist.bernoulli_log_likelihood(x, logits)), rtol=1e-12)
     np.testing.assert_allclose(host(dlog_p), host(dist.bernoulli_log_likelihood_backward(1.0, x, logits)), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_bernoulli_fast_path_matches_generic_in_float32(use_backend, rng, binary):
+    # A training batch's shapes and dtype; logits from -30 to 30 (saturated sigmoids included).
+    x = rng.uniform(size=(128, 784)).astype(np.float32)
+    if binary:
+        x = (x > 0.5).astype(np.float32)
+    logits = rng.uniform(-30, 30, size=(128, 784)).astype(np.float32)
+    results = {}
+    for name in ("numpy", "strict"):
+        use_backend(name)
+        log_p, grad = kernels.bernoulli_log_likelihood_and_grad(npvae.asarray(x), npvae.asarray(logits))
+        results[name] = host(log_p), host(grad)
+    (log_p_fast, grad_fast), (log_p_generic, grad_generic) = results["numpy"], results["strict"]
+    # log P is a sum of 784 terms of size ~10: float32 rounding allows ~1e-5 relative.
+    np.testing.assert_allclose(log_p_fast, log_p_generic, rtol=2e-5)
+    np.testing.assert_allclose(grad_fast, grad_generic, rtol=0, atol=2e-7)
+    assert log_p_fast.shape == (128,) and grad_fast.shape == (128, 784)
 
 
 def test_adam_flushes_entries_bound_for_subnormal(be):
