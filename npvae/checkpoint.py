@@ -12,7 +12,7 @@ The file is a NumPy ``.npz`` archive holding only plain arrays, read back with
                    layout, the epoch and step counts, the history, the optimizer's
                    hyperparameters, the random generators' states, fit's settings
 ``params``         the flat parameter vector (P,)
-``opt.<buffer>``   the optimizer's state arrays (P,) each, e.g. ``opt.m``, ``opt.v``
+``opt.<buffer>``   the optimizer's state arrays (P,) each, e.g. ``opt.m_sum``, ``opt.v_sum``
 =================  =====================================================================
 
 Writes are atomic (a temporary file, then a rename), so an interrupted save never destroys

@@ -36,9 +36,11 @@ class Optimizer:
         self.params = params
         self.lr = float(lr)
         self.t = 0  # steps taken
-        be = get_backend()
+        self._allocate_buffers()
+
+    def _allocate_buffers(self):
         for name in self.buffers:
-            setattr(self, name, be.xp.zeros_like(params))
+            setattr(self, name, get_backend().xp.zeros_like(self.params))
 
     def hyperparameters(self) -> dict:
         return {"lr": self.lr}
@@ -60,7 +62,10 @@ class Optimizer:
             buf = state["buffers"][name]
             if tuple(buf.shape) != tuple(self.params.shape):
                 raise ValueError(f"optimizer.{name}: expected shape {tuple(self.params.shape)}, got {tuple(buf.shape)}")
-            getattr(self, name)[...] = be.asarray(buf, dtype=be.dtype_name(self.params.dtype))
+            self._load_buffer(name, be.asarray(buf, dtype=be.dtype_name(self.params.dtype)))
+
+    def _load_buffer(self, name, value):
+        getattr(self, name)[...] = value
 
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
@@ -109,15 +114,23 @@ class Adagrad(Optimizer):
 
 class Adam(Optimizer):
     """Adam with bias correction; the defaults are PyTorch's (lr 1e-3, betas 0.9, 0.999,
-    eps 1e-8), and so is the order of operations:
+    eps 1e-8). Kingma & Ba's Algorithm 1:
 
-        step_size = lr / (1 - b1^t)
-        denom     = sqrt(v) / sqrt(1 - b2^t) + eps
-        params   -= step_size * m / denom
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        params -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    How it is computed: the moments are kept as the running *sums* they average,
+
+        m_sum <- b1 m_sum + g;    v_sum <- b2 v_sum + g^2     (m = (1 - b1) m_sum, v = (1 - b2) v_sum)
+
+    which saves the multiplications by (1 - b1) and (1 - b2) at every step: two passes over
+    the 650k-entry vectors of ten (measured 970 -> 850 us a step). The constants move into two
+    numbers per step (``step``). ``opt.m`` and ``opt.v`` give the moments as the paper (and
+    PyTorch) define them; ``state_dict`` saves the sums, which a resumed run needs bit for bit.
     """
 
     name = "adam"
-    buffers = ("m", "v")
+    buffers = ("m_sum", "v_sum")
     FLUSH_EVERY = 100  # steps between flushes of subnormal-bound entries (kernels.flush_tiny)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
@@ -131,20 +144,31 @@ class Adam(Optimizer):
         # entry from above it to subnormal.
         self.flush_below = float(xp.finfo(params.dtype).smallest_normal) * 1e6
 
+    @property
+    def m(self):
+        """The first moment m = (1 - b1) m_sum (a new array)."""
+        return (1.0 - self.beta1) * self.m_sum
+
+    @property
+    def v(self):
+        """The second moment v = (1 - b2) v_sum (a new array)."""
+        return (1.0 - self.beta2) * self.v_sum
+
     def hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
     def step(self, grads):
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        # m / (sqrt(v) / c2 + eps) = c2 * m / (sqrt(v) + c2 * eps), with c2 = sqrt(1 - b2^t):
-        # the bias corrections become two numbers, and the update one pass per operation.
-        c2 = math.sqrt(1.0 - b2**self.t)
-        step_size = self.lr / (1.0 - b1**self.t) * c2
-        kernels.adam_update(self.params, grads, self.m, self.v, self.work, step_size, b1, b2, self.eps * c2)
+        # With m = (1 - b1) m_sum and v = (1 - b2) v_sum, and k = sqrt((1 - b2) / (1 - b2^t)):
+        #   lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+        #     = [lr (1 - b1) / ((1 - b1^t) k)] * m_sum / (sqrt(v_sum) + eps / k)
+        k = math.sqrt((1.0 - b2) / (1.0 - b2**self.t))
+        step_size = self.lr * (1.0 - b1) / ((1.0 - b1**self.t) * k)
+        kernels.adam_update(self.params, grads, self.m_sum, self.v_sum, self.work, step_size, b1, b2, self.eps / k)
         if self.t % self.FLUSH_EVERY == 0:
-            kernels.flush_tiny(self.m, self.flush_below)
-            kernels.flush_tiny(self.v, self.flush_below)
+            kernels.flush_tiny(self.m_sum, self.flush_below)
+            kernels.flush_tiny(self.v_sum, self.flush_below)
 
 
 OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}

@@ -33,7 +33,7 @@ def test_adam_update(use_backend, size, rng):
         kernels.adam_update(*arrays, kernels.work_vector(arrays[0]), 1e-3, 0.9, 0.999, 1e-8)
 
     fast, generic = on_both(use_backend, update, p, g, m, v)
-    for a, b in zip(fast[:4], generic[:4]):  # params, grads, m, v
+    for a, b in zip(fast[:4], generic[:4]):  # params, grads, m_sum, v_sum
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-12)
     assert not np.array_equal(fast[0], p)  # it did update
 
@@ -94,6 +94,6 @@ def test_adam_flushes_entries_bound_for_subnormal(be):
     tiny = np.finfo(np.float32).smallest_normal
     for _ in range(1500):
         opt.step(zero)
-        m = host(opt.m)
+        m = host(opt.m_sum)
         assert not ((m != 0) & (np.abs(m) < tiny)).any(), f"subnormal m at step {opt.t}"
-    assert host(opt.m)[0] == 0.0  # flushed: 1e-4 * 0.9^1500 is far below the threshold
+    assert host(opt.m_sum)[0] == 0.0  # flushed: 1e-4 * 0.9^1500 is far below the threshold

@@ -31,6 +31,9 @@ def test_adam_matches_the_paper(problem):
         m_hat, v_hat = m / (1 - 0.9**t), v / (1 - 0.999**t)
         p = p - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8)
     np.testing.assert_allclose(got, p, rtol=1e-12)
+    # kept as running sums, m and v still read as the paper's moments
+    np.testing.assert_allclose(host(opt.m), m, rtol=1e-12)
+    np.testing.assert_allclose(host(opt.v), v, rtol=1e-12)
     assert opt.t == 5 and repr(opt) == "Adam(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-08)"
 
 
