@@ -1,20 +1,24 @@
 """Fast paths for the few hot spots of a training step, behind the backend.
 
-Each function here has two versions that compute the same thing:
+Each function here has versions that compute the same thing:
 
 - the *generic* one, in plain array-API code (``xp``), which runs on every backend and is
   the one to read next to the math;
 - a *NumPy* one, used when the active backend is ``numpy``, which uses what only NumPy
   offers (``out=`` arguments, ``copyto``, chunks that fit the cache) to avoid temporary arrays
-  and to keep the data in the CPU's cache.
+  and to keep the data in the CPU's cache;
+- for the optimizer and the activation gradients, a *CuPy* one: the whole formula as one
+  fused GPU kernel (``cupy.ElementwiseKernel``), one read and one write of each array instead
+  of a kernel launch and a temporary array per operation.
 
-The tests run both on the same inputs and compare them (``tests/test_kernels.py``). Model
-code calls these functions and never branches on the backend itself.
+The tests run the versions on the same inputs and compare them (``tests/test_kernels.py``
+for NumPy, ``tests/test_gpu.py`` for CuPy, which needs a GPU). Model code calls these
+functions and never branches on the backend itself.
 """
 
 from __future__ import annotations
 
-from .backend import array_namespace, get_backend
+from .backend import array_namespace, astype, get_backend
 
 # The optimizer works through its vectors in chunks of this many entries: 4 float32 arrays
 # x 64k entries + the work vector = 1.3 MB, which stays in a core's L2 cache while the ten
@@ -49,6 +53,52 @@ def _map_chunks(fn, size, arrays, work):
 # ---------------------------------------------------------------------------------------
 # Adam's update
 # ---------------------------------------------------------------------------------------
+def _cupy_kernel(cupy, name):
+    """The fused CuPy kernel ``name`` (compiled on first use, then reused)."""
+    if name not in _CUPY_KERNELS:
+        in_params, out_params, operation = _CUPY_SOURCES[name]
+        _CUPY_KERNELS[name] = cupy.ElementwiseKernel(in_params, out_params, operation, f"npvae_{name}")
+    return _CUPY_KERNELS[name]
+
+
+_CUPY_KERNELS: dict = {}
+_CUPY_SOURCES = {  # name: (inputs, outputs, the CUDA C++ body run once per entry)
+    "adam": ("T g, T step_size, T beta1, T beta2, T eps_hat", "T p, T m_sum, T v_sum",
+             "m_sum = beta1 * m_sum + g; v_sum = beta2 * v_sum + g * g;"
+             " p = p - step_size * m_sum / (sqrt(v_sum) + eps_hat)"),
+    "relu_backward": ("T dout, T out", "T dx", "dx = out > (T)0 ? dout : (T)0"),
+    "tanh_backward": ("T dout, T out", "T dx", "dx = dout * ((T)1 - out * out)"),
+}
+
+
+def _backend_name():
+    return get_backend().name
+
+
+# ---------------------------------------------------------------------------------------
+# Activation gradients
+# ---------------------------------------------------------------------------------------
+def relu_backward(dout, out):
+    """dx = dout * [out > 0] for out = max(x, 0): the gradient passes where the unit was on."""
+    xp = array_namespace(dout)
+    name = _backend_name()
+    if name == "cupy":
+        return _cupy_kernel(xp, "relu_backward")(dout, out)
+    if name == "numpy":
+        # the boolean mask goes into the multiply as it is (converted on the fly, no float copy)
+        return xp.multiply(dout, out > 0)
+    # the mask as 0.0 / 1.0 times dout (a multiply is 10x faster than xp.where on the CPU)
+    return dout * astype(out > 0, dout.dtype)
+
+
+def tanh_backward(dout, out):
+    """dx = dout * (1 - out^2) for out = tanh(x)."""
+    xp = array_namespace(dout)
+    if _backend_name() == "cupy":
+        return _cupy_kernel(xp, "tanh_backward")(dout, out)
+    return dout * (1.0 - out * out)
+
+
 def adam_update(params, grads, m_sum, v_sum, work, step_size, beta1, beta2, eps_hat):
     """One Adam update, in place, of the flat vectors ``params``, ``m_sum`` and ``v_sum``:
 
@@ -59,10 +109,19 @@ def adam_update(params, grads, m_sum, v_sum, work, step_size, beta1, beta2, eps_
     (the moments as running sums, and the bias corrections folded into ``step_size`` and
     ``eps_hat``: see ``npvae.optim.Adam``). ``work`` is ``work_vector(params)`` (overwritten).
     """
-    if get_backend().name == "numpy":
+    name = _backend_name()
+    if name == "numpy":
         _map_chunks(lambda p, g, m, v, t: _adam_numpy(p, g, m, v, t, step_size, beta1, beta2, eps_hat),
                     params.shape[0], (params, grads, m_sum, v_sum), work)
-        return
+    elif name == "cupy":
+        number = params.dtype.type  # the scalars in the parameters' precision
+        _cupy_kernel(array_namespace(params), "adam")(
+            grads, number(step_size), number(beta1), number(beta2), number(eps_hat), params, m_sum, v_sum)
+    else:
+        _adam_generic(params, grads, m_sum, v_sum, step_size, beta1, beta2, eps_hat)
+
+
+def _adam_generic(params, grads, m_sum, v_sum, step_size, beta1, beta2, eps_hat):
     xp = array_namespace(params)
     m_sum *= beta1
     m_sum += grads

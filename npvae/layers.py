@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from . import kernels
-from .backend import DEFAULT_DTYPE, Generator, array_namespace, astype, get_backend
+from .backend import DEFAULT_DTYPE, Generator, array_namespace, get_backend
 
 
 def sigmoid(x):
@@ -85,8 +85,7 @@ class ReLU:
 
     def backward(self, dout, cache):
         out = cache
-        # dout * [out > 0]: the mask as 0.0 / 1.0 (a multiply is 10x faster than xp.where)
-        return dout * astype(out > 0, dout.dtype)
+        return kernels.relu_backward(dout, out)  # dout * [out > 0]
 
     def __repr__(self):
         return "ReLU()"
@@ -104,7 +103,7 @@ class Tanh:
 
     def backward(self, dout, cache):
         out = cache
-        return dout * (1.0 - out * out)
+        return kernels.tanh_backward(dout, out)  # dout * (1 - out^2)
 
     def __repr__(self):
         return "Tanh()"

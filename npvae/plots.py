@@ -22,7 +22,6 @@ in [0, 1], shown in grey from black (0) to white (1).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from statistics import NormalDist
 

@@ -38,6 +38,20 @@ def test_adam_update(use_backend, size, rng):
     assert not np.array_equal(fast[0], p)  # it did update
 
 
+@pytest.mark.parametrize("kernel, derivative", [
+    (kernels.relu_backward, lambda out: (out > 0).astype(np.float32)),
+    (kernels.tanh_backward, lambda out: 1.0 - out * out),
+])
+def test_activation_gradients(use_backend, rng, kernel, derivative):
+    dout = rng.standard_normal((33, 17)).astype(np.float32)
+    out = np.maximum(rng.standard_normal((33, 17)), 0).astype(np.float32)  # zeros included
+    fast, generic = on_both(use_backend, kernel, dout, out)
+    np.testing.assert_allclose(fast[2], dout * derivative(out), rtol=1e-6)
+    np.testing.assert_array_equal(fast[2], generic[2])
+    np.testing.assert_array_equal(fast[0], dout)  # dout is not overwritten
+    assert fast[2].dtype == fast[0].dtype  # the mask does not change the precision
+
+
 def test_flush_tiny(use_backend):
     a = np.array([1e-30, -1e-35, 0.0, 2e-31, -5e-3, 1e-33, 3.0], np.float32)
     fast, generic = on_both(use_backend, lambda x: kernels.flush_tiny(x, 1e-32), a)

@@ -7,7 +7,7 @@ import pytest
 
 import npvae
 from npvae import metrics as ev
-from conftest import host, toy_images
+from conftest import toy_images
 
 D = 36
 
