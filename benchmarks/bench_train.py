@@ -195,7 +195,7 @@ def worker_torch(args):
 class Worker:
     def __init__(self, framework, args):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads),
-               "MKL_NUM_THREADS": str(args.threads), "NPVAE_NUM_THREADS": str(args.threads), "NPVAE_BACKEND": "numpy"}
+               "MKL_NUM_THREADS": str(args.threads), "NPVAE_BACKEND": "numpy"}
         cmd = [sys.executable, HERE, "--worker", framework, "--epochs", str(args.epochs), "--threads", str(args.threads),
                "--batch-size", str(args.batch_size), "--hidden", str(args.hidden)]
         if not args.breakdown:

@@ -28,8 +28,8 @@ between means over seeds.
 
 Threads: ``--threads N`` (default: all available cores) is used by both: PyTorch through
 ``torch.set_num_threads(N)``, NumPy's BLAS through ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``
-/ ``MKL_NUM_THREADS`` and npvae's own elementwise loops through ``NPVAE_NUM_THREADS``, which
-this script sets before it imports NumPy.
+/ ``MKL_NUM_THREADS``, which this script sets before it imports NumPy (npvae's own elementwise
+work runs in one thread).
 
 PyTorch is *not* a dependency of npvae: it is needed by this script only. Without it, the
 script says so and exits with status 0.
@@ -72,9 +72,8 @@ def parse_args(argv=None):
 
 
 def set_blas_threads(n):
-    """Must run before NumPy is imported: OpenBLAS / MKL read these when they load.
-    NPVAE_NUM_THREADS sets the threads of npvae's own chunked loops (npvae.kernels)."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NPVAE_NUM_THREADS"):
+    """Must run before NumPy is imported: OpenBLAS / MKL read these when they load."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
 
 
@@ -223,8 +222,7 @@ def main(argv=None):
           f"npvae {getattr(npvae, '__version__', '?')} (git {git_revision(npvae.__file__) or 'n/a'}), "
           f"backend {npvae.get_backend().name}")
     print(f"threads: torch {torch.get_num_threads()}, numpy BLAS "
-          f"{blas if blas is not None else os.environ['OPENBLAS_NUM_THREADS'] + ' (requested)'}, "
-          f"npvae loops {os.environ['NPVAE_NUM_THREADS']}")
+          f"{blas if blas is not None else os.environ['OPENBLAS_NUM_THREADS'] + ' (requested)'}")
     print(f"model 784-400-20 ReLU, Bernoulli on grey levels; Adam lr 1e-3, batch 128, {args.epochs} epochs; "
           f"seeds {' '.join(map(str, args.seeds))}")
     print("test -ELBO in nats per example (lower is better); seconds per epoch include the test evaluation")
