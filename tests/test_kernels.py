@@ -79,13 +79,14 @@ def test_fused_bernoulli_equals_the_two_separate_functions(be, rng):
     np.testing.assert_allclose(host(dlog_p), host(dist.bernoulli_log_likelihood_backward(1.0, x, logits)), rtol=1e-12, atol=1e-300)
 
 
-@pytest.mark.parametrize("binary", [True, False])
-def test_bernoulli_fast_path_matches_generic_in_float32(use_backend, rng, binary):
+@pytest.mark.parametrize("binary, rows", [(True, 128), (False, 128), (False, 400)])  # 400: three row blocks
+def test_bernoulli_fast_path_matches_generic_in_float32(use_backend, rng, binary, rows):
     # A training batch's shapes and dtype; logits from -30 to 30 (saturated sigmoids included).
-    x = rng.uniform(size=(128, 784)).astype(np.float32)
+    assert rows == 128 or rows > 2 * (kernels.ROW_BLOCK // 784)
+    x = rng.uniform(size=(rows, 784)).astype(np.float32)
     if binary:
         x = (x > 0.5).astype(np.float32)
-    logits = rng.uniform(-30, 30, size=(128, 784)).astype(np.float32)
+    logits = rng.uniform(-30, 30, size=(rows, 784)).astype(np.float32)
     results = {}
     for name in ("numpy", "strict"):
         use_backend(name)
@@ -95,7 +96,7 @@ def test_bernoulli_fast_path_matches_generic_in_float32(use_backend, rng, binary
     # log P is a sum of 784 terms of size ~10: float32 rounding allows ~1e-5 relative.
     np.testing.assert_allclose(log_p_fast, log_p_generic, rtol=2e-5)
     np.testing.assert_allclose(grad_fast, grad_generic, rtol=0, atol=2e-7)
-    assert log_p_fast.shape == (128,) and grad_fast.shape == (128, 784)
+    assert log_p_fast.shape == (rows,) and grad_fast.shape == (rows, 784)
 
 
 def test_adam_flushes_entries_bound_for_subnormal(be):
