@@ -32,15 +32,15 @@ def work_vector(params):
     every chunk, so that it stays in the cache (a scratch as long as ``params`` would be one
     more 2.6 MB array streamed through memory at every step: measured 17% of Adam's time).
     Other backends compute with temporaries and need none: None."""
-    if get_backend().name != "numpy":
+    if _backend_name() != "numpy":
         return None
     xp = array_namespace(params)
     return xp.zeros(min(CHUNK, params.shape[0]), dtype=params.dtype)
 
 
-# Row blocks of the Bernoulli loss: 4 float32 arrays x 128k entries = 2 MB, one core's L2.
-# 167 rows of 784 pixels, so a batch of 128 images is one block.
-ROW_BLOCK = 131_072
+def _backend_name():
+    """The active backend's name: each kernel picks its version by it."""
+    return get_backend().name
 
 
 def _map_chunks(fn, size, arrays, work):
@@ -56,7 +56,7 @@ def _map_chunks(fn, size, arrays, work):
 
 
 # ---------------------------------------------------------------------------------------
-# Adam's update
+# The fused CuPy kernels (one GPU kernel for a whole formula)
 # ---------------------------------------------------------------------------------------
 def _cupy_kernel(cupy, name):
     """The fused CuPy kernel ``name`` (compiled on first use, then reused)."""
@@ -74,10 +74,6 @@ _CUPY_SOURCES = {  # name: (inputs, outputs, the CUDA C++ body run once per entr
     "relu_backward": ("T dout, T out", "T dx", "dx = out > (T)0 ? dout : (T)0"),
     "tanh_backward": ("T dout, T out", "T dx", "dx = dout * ((T)1 - out * out)"),
 }
-
-
-def _backend_name():
-    return get_backend().name
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,6 +100,9 @@ def tanh_backward(dout, out):
     return dout * (1.0 - out * out)
 
 
+# ---------------------------------------------------------------------------------------
+# Adam's update
+# ---------------------------------------------------------------------------------------
 def adam_update(params, grads, m_sum, v_sum, work, step_size, beta1, beta2, eps_hat):
     """One Adam update, in place, of the flat vectors ``params``, ``m_sum`` and ``v_sum``:
 
@@ -160,7 +159,7 @@ def flush_tiny(a, threshold):
     update by less than 1e-20 of a step, so setting them to 0 changes nothing that matters.
     """
     xp = array_namespace(a)
-    if get_backend().name == "numpy":
+    if _backend_name() == "numpy":
         xp.copyto(a, 0.0, where=xp.abs(a) < threshold)
         return
     a[...] = xp.where(xp.abs(a) < threshold, 0.0, a)
@@ -169,11 +168,16 @@ def flush_tiny(a, threshold):
 # ---------------------------------------------------------------------------------------
 # The Bernoulli log-likelihood and its gradient (npvae.distributions has the math)
 # ---------------------------------------------------------------------------------------
+# Row blocks of the Bernoulli loss: 4 float32 arrays x 128k entries = 2 MB, one core's L2.
+# 167 rows of 784 pixels, so a batch of 128 images is one block.
+ROW_BLOCK = 131_072
+
+
 def bernoulli_log_likelihood_and_grad(x, logits):
     """log P (N,) = sum_d [x l - max(l, 0) - log1p(exp(-|l|))] and d log P / dl (N, D) =
     x - sigma(l), with sigma(l) = (1 + tanh(l / 2)) / 2, for x and logits l of shape (N, D)."""
     xp = array_namespace(logits)
-    if get_backend().name == "numpy" and x.ndim == 2 and x.shape == logits.shape:
+    if _backend_name() == "numpy" and x.ndim == 2 and x.shape == logits.shape:
         return _bernoulli_numpy(xp, x, logits)
     log_p = xp.sum(x * logits - xp.maximum(logits, 0.0) - xp.log1p(xp.exp(-xp.abs(logits))), axis=-1)
     p = 0.5 * xp.tanh(0.5 * logits)
@@ -223,7 +227,7 @@ def _bernoulli_rows(np, x, l, log_p, grad, a, ones):
 # ---------------------------------------------------------------------------------------
 def matmul_into(a, b, out):
     """out[...] = a @ b. NumPy writes the product straight into ``out`` (no temporary)."""
-    if get_backend().name == "numpy":
+    if _backend_name() == "numpy":
         array_namespace(a).matmul(a, b, out=out)
     else:
         out[...] = a @ b
@@ -233,7 +237,7 @@ def matmul_into(a, b, out):
 def sum_rows_into(a, out):
     """out[...] = sum of the rows of a (axis 0), straight into ``out`` on NumPy."""
     xp = array_namespace(a)
-    if get_backend().name == "numpy":
+    if _backend_name() == "numpy":
         xp.sum(a, axis=0, out=out)
     else:
         out[...] = xp.sum(a, axis=0)
