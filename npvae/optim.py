@@ -59,6 +59,8 @@ class Optimizer:
         self.t = int(state["t"])
         be = get_backend()
         for name in self.buffers:
+            if name not in state["buffers"]:
+                raise ValueError(f"optimizer: expected the state arrays {self.buffers}, got {tuple(state['buffers'])}")
             buf = state["buffers"][name]
             if tuple(buf.shape) != tuple(self.params.shape):
                 raise ValueError(f"optimizer.{name}: expected shape {tuple(self.params.shape)}, got {tuple(buf.shape)}")
@@ -156,6 +158,14 @@ class Adam(Optimizer):
 
     def hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+    def load_state_dict(self, state: dict):
+        buffers = state.get("buffers", {})
+        if "m_sum" not in buffers and {"m", "v"} <= set(buffers):
+            # a checkpoint from npvae before the running sums: m and v themselves
+            sums = {"m_sum": buffers["m"] / (1.0 - self.beta1), "v_sum": buffers["v"] / (1.0 - self.beta2)}
+            state = {**state, "buffers": sums}
+        super().load_state_dict(state)
 
     def step(self, grads):
         self.t += 1

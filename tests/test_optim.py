@@ -90,6 +90,23 @@ def test_state_dict_round_trip_continues_identically(problem):
     np.testing.assert_allclose(host(params), straight, rtol=1e-12)
 
 
+def test_adam_reads_a_checkpoint_that_holds_m_and_v(problem):
+    # npvae before the running sums saved Adam's m and v themselves; such a state still resumes.
+    p0, grads = problem
+    straight, _ = run("adam", grads, p0, lr=0.01)
+    first, opt = run("adam", grads[:2], p0, lr=0.01)
+    state = opt.state_dict()
+    state["buffers"] = {"m": host(opt.m), "v": host(opt.v)}
+    params = npvae.asarray(first, dtype="float64")
+    again = optim.from_state_dict(state, params)
+    for g in grads[2:]:
+        again.step(npvae.asarray(g, dtype="float64"))
+    np.testing.assert_allclose(host(params), straight, rtol=1e-12)
+    state["buffers"] = {"m": host(opt.m)}  # v missing: named in the error
+    with pytest.raises(ValueError, match=r"optimizer: expected the state arrays \('m_sum', 'v_sum'\), got \('m',\)"):
+        optim.from_state_dict(state, params)
+
+
 def test_bad_arguments():
     params = npvae.asarray(np.zeros(3))
     with pytest.raises(ValueError, match=r"optimizer: expected one of \('sgd', 'adagrad', 'adam'\), got 'rmsprop'"):
