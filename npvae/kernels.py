@@ -71,8 +71,9 @@ _CUPY_SOURCES = {  # name: (inputs, outputs, the CUDA C++ body run once per entr
     "adam": ("T g, T step_size, T beta1, T beta2, T eps_hat", "T p, T m_sum, T v_sum",
              "m_sum = beta1 * m_sum + g; v_sum = beta2 * v_sum + g * g;"
              " p = p - step_size * m_sum / (sqrt(v_sum) + eps_hat)"),
-    "relu_backward": ("T dout, T out", "T dx", "dx = out > (T)0 ? dout : (T)0"),
-    "tanh_backward": ("T dout, T out", "T dx", "dx = dout * ((T)1 - out * out)"),
+    # y is the activation's output (the layer's cache)
+    "relu_backward": ("T dout, T y", "T dx", "dx = y > (T)0 ? dout : (T)0"),
+    "tanh_backward": ("T dout, T y", "T dx", "dx = dout * ((T)1 - y * y)"),
 }
 
 
