@@ -36,11 +36,9 @@ class Optimizer:
         self.params = params
         self.lr = float(lr)
         self.t = 0  # steps taken
-        self._allocate_buffers()
-
-    def _allocate_buffers(self):
+        be = get_backend()
         for name in self.buffers:
-            setattr(self, name, get_backend().xp.zeros_like(self.params))
+            setattr(self, name, be.xp.zeros_like(params))
 
     def hyperparameters(self) -> dict:
         return {"lr": self.lr}
@@ -64,10 +62,7 @@ class Optimizer:
             buf = state["buffers"][name]
             if tuple(buf.shape) != tuple(self.params.shape):
                 raise ValueError(f"optimizer.{name}: expected shape {tuple(self.params.shape)}, got {tuple(buf.shape)}")
-            self._load_buffer(name, be.asarray(buf, dtype=be.dtype_name(self.params.dtype)))
-
-    def _load_buffer(self, name, value):
-        getattr(self, name)[...] = value
+            getattr(self, name)[...] = be.asarray(buf, dtype=be.dtype_name(self.params.dtype))
 
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import npvae
-from npvae import backend
+from npvae import backend, layers
 
 settings.register_profile(
     "npvae", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow]
@@ -56,3 +56,16 @@ def toy_images(n=300, d=36, classes=4, seed=0):
     labels = g.integers(0, classes, size=n)
     x = np.clip(prototypes[labels] * 0.8 + 0.1 + 0.1 * g.standard_normal((n, d)), 0.0, 1.0)
     return x.astype(np.float32), labels
+
+
+def scale_dense_gradient(monkeypatch, name, factor):
+    """Break every Dense layer's backward: its ``name`` gradient ("dW" or "db") comes out
+    ``factor`` times too large. What a gradient check must catch."""
+    original = layers.Dense.backward
+
+    def wrong(self, dout, cache, need_dx=True):
+        dx = original(self, dout, cache, need_dx)
+        getattr(self, name)[...] = factor * getattr(self, name)
+        return dx
+
+    monkeypatch.setattr(layers.Dense, "backward", wrong)
