@@ -62,9 +62,12 @@ def reparameterize(mu, logvar, eps=None, rng=None):
         eps = rng.standard_normal(tuple(mu.shape), dtype=_dtype_name(mu))
     elif tuple(eps.shape) != tuple(mu.shape):
         raise ValueError(f"eps: expected shape {tuple(mu.shape)}, got {tuple(eps.shape)}")
-    xp = array_namespace(mu)
-    sigma = xp.exp(0.5 * logvar)
-    return mu + sigma * eps, eps
+    z = kernels.fused("reparameterize", mu, logvar, eps)  # on CuPy: the next lines as one GPU kernel
+    if z is None:
+        xp = array_namespace(mu)
+        sigma = xp.exp(0.5 * logvar)
+        z = mu + sigma * eps
+    return z, eps
 
 
 def reparameterize_backward(dz, logvar, eps):
@@ -75,9 +78,12 @@ def reparameterize_backward(dz, logvar, eps):
 
     Args: dz, logvar, eps: (N, Z). Returns: dmu, dlogvar: (N, Z).
     """
-    xp = array_namespace(dz)
-    sigma = xp.exp(0.5 * logvar)
-    return dz, dz * (0.5 * sigma * eps)
+    dlogvar = kernels.fused("reparameterize_backward", dz, logvar, eps)  # on CuPy: one GPU kernel
+    if dlogvar is None:
+        xp = array_namespace(dz)
+        sigma = xp.exp(0.5 * logvar)
+        dlogvar = dz * (0.5 * sigma * eps)
+    return dz, dlogvar
 
 
 def gaussian_log_density(z, mu, logvar):
@@ -105,8 +111,11 @@ def gaussian_kl(mu, logvar):
 
     Args: mu, logvar: (N, Z). Returns: (N,).
     """
-    xp = array_namespace(mu)
-    return 0.5 * xp.sum(mu * mu + (xp.expm1(logvar) - logvar), axis=-1)
+    kl = kernels.fused("gaussian_kl", mu, logvar)  # on CuPy: one GPU kernel for the row sums
+    if kl is None:
+        xp = array_namespace(mu)
+        kl = 0.5 * xp.sum(mu * mu + (xp.expm1(logvar) - logvar), axis=-1)
+    return kl
 
 
 def gaussian_kl_backward(dkl, mu, logvar):
@@ -116,9 +125,12 @@ def gaussian_kl_backward(dkl, mu, logvar):
         mu, logvar: (N, Z).
     Returns: dmu, dlogvar: (N, Z).
     """
-    xp = array_namespace(mu)
     dkl = _per_row(dkl)  # (N, 1), broadcast over Z
-    return dkl * mu, dkl * (0.5 * xp.expm1(logvar))
+    grads = kernels.fused("gaussian_kl_backward", dkl, mu, logvar)  # on CuPy: both in one GPU kernel
+    if grads is None:
+        xp = array_namespace(mu)
+        grads = dkl * mu, dkl * (0.5 * xp.expm1(logvar))
+    return grads
 
 
 # ---------------------------------------------------------------------------------------

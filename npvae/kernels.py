@@ -7,9 +7,14 @@ Each function here has versions that compute the same thing:
 - a *NumPy* one, used when the active backend is ``numpy``, which uses what only NumPy
   offers (``out=`` arguments, ``copyto``, chunks that fit the cache) to avoid temporary arrays
   and to keep the data in the CPU's cache;
-- for the optimizer and the activation gradients, a *CuPy* one: the whole formula as one
-  fused GPU kernel (``cupy.ElementwiseKernel``), one read and one write of each array instead
-  of a kernel launch and a temporary array per operation.
+- for the optimizer, the activation gradients, the latent layer (reparameterization, KL
+  and their gradients) and the Bernoulli decoder, a *CuPy* one: the whole formula as one
+  fused GPU kernel (``cupy.ElementwiseKernel``, or ``cupy.ReductionKernel`` for a row sum),
+  one read and one write of each array instead of a kernel launch and a temporary array per
+  operation. On a GPU a training step of the lecture's model is bound by the host, not the
+  GPU: each kernel launch costs ~30 us of Python and CuPy work (measured on an H100 machine),
+  so the number of launches sets the step time. ``npvae.distributions`` asks for these with
+  ``fused(name, ...)`` and computes the formula with ``xp`` where that gives None.
 
 The tests run the versions on the same inputs and compare them (``tests/test_kernels.py``
 for NumPy, ``tests/test_gpu.py`` for CuPy, which needs a GPU). Model code calls these
@@ -58,11 +63,34 @@ def _map_chunks(fn, size, arrays, work):
 # ---------------------------------------------------------------------------------------
 # The fused CuPy kernels (one GPU kernel for a whole formula)
 # ---------------------------------------------------------------------------------------
+def fused(name, *args):
+    """The formula ``name`` computed by one fused CuPy kernel, or None where there is none
+    for these arguments: the active backend is not CuPy, or the arrays among ``args`` differ
+    in dtype (each kernel computes in one type T). On None the caller computes the same
+    formula with ``xp``, as the code right after each call does. Python numbers among
+    ``args`` are cast to the arrays' dtype; a kernel with two outputs returns a tuple; the
+    row sums (``_CUPY_ROW_SUMS``) sum over the last axis.
+    """
+    if _backend_name() != "cupy":
+        return None
+    arrays = [a for a in args if not isinstance(a, (int, float))]
+    if len({a.dtype for a in arrays}) != 1:
+        return None
+    number = arrays[0].dtype.type
+    args = [number(a) if isinstance(a, (int, float)) else a for a in args]
+    kernel = _cupy_kernel(array_namespace(arrays[0]), name)
+    return kernel(*args, axis=-1) if name in _CUPY_ROW_SUMS else kernel(*args)
+
+
 def _cupy_kernel(cupy, name):
     """The fused CuPy kernel ``name`` (compiled on first use, then reused)."""
     if name not in _CUPY_KERNELS:
-        in_params, out_params, operation = _CUPY_SOURCES[name]
-        _CUPY_KERNELS[name] = cupy.ElementwiseKernel(in_params, out_params, operation, f"npvae_{name}")
+        if name in _CUPY_ROW_SUMS:
+            in_params, out_params, term, output = _CUPY_ROW_SUMS[name]
+            _CUPY_KERNELS[name] = cupy.ReductionKernel(in_params, out_params, term, "a + b", output, "0", f"npvae_{name}")
+        else:
+            in_params, out_params, operation = _CUPY_SOURCES[name]
+            _CUPY_KERNELS[name] = cupy.ElementwiseKernel(in_params, out_params, operation, f"npvae_{name}")
     return _CUPY_KERNELS[name]
 
 
@@ -74,6 +102,17 @@ _CUPY_SOURCES = {  # name: (inputs, outputs, the CUDA C++ body run once per entr
     # y is the activation's output (the layer's cache)
     "relu_backward": ("T dout, T y", "T dx", "dx = y > (T)0 ? dout : (T)0"),
     "tanh_backward": ("T dout, T y", "T dx", "dx = dout * ((T)1 - y * y)"),
+    # npvae.distributions: the reparameterization, the gradients of the latent layer, and
+    # the Bernoulli decoder's gradient (the tanh form of the sigmoid, as in the xp code)
+    "reparameterize": ("T mu, T logvar, T eps", "T z", "z = mu + exp(logvar / 2) * eps"),
+    "reparameterize_backward": ("T dz, T logvar, T eps", "T dlogvar", "dlogvar = dz * exp(logvar / 2) * eps / 2"),
+    "gaussian_kl_backward": ("T dkl, T mu, T logvar", "T dmu, T dlogvar",
+                             "dmu = dkl * mu; dlogvar = dkl * expm1(logvar) / 2"),
+    "bernoulli_grad": ("T x, T l", "T grad", "grad = x - ((T)1 + tanh(l / 2)) / 2"),
+}
+_CUPY_ROW_SUMS = {  # name: (inputs, output, the term summed over a row (a), the output from a)
+    "gaussian_kl": ("T mu, T logvar", "T kl", "mu * mu + (expm1(logvar) - logvar)", "kl = a / 2"),
+    "bernoulli_log_likelihood": ("T x, T l", "T log_p", "x * l - fmax(l, (T)0) - log1p(exp(-fabs(l)))", "log_p = a"),
 }
 
 
@@ -180,6 +219,9 @@ def bernoulli_log_likelihood_and_grad(x, logits):
     xp = array_namespace(logits)
     if _backend_name() == "numpy" and x.ndim == 2 and x.shape == logits.shape:
         return _bernoulli_numpy(xp, x, logits)
+    log_p = fused("bernoulli_log_likelihood", x, logits)  # on CuPy: two GPU kernels
+    if log_p is not None:
+        return log_p, fused("bernoulli_grad", x, logits)
     log_p = xp.sum(x * logits - xp.maximum(logits, 0.0) - xp.log1p(xp.exp(-xp.abs(logits))), axis=-1)
     p = 0.5 * xp.tanh(0.5 * logits)
     p += 0.5  # sigma(logits), in place
@@ -227,8 +269,9 @@ def _bernoulli_rows(np, x, l, log_p, grad, a, ones):
 # Matrix products into existing arrays
 # ---------------------------------------------------------------------------------------
 def matmul_into(a, b, out):
-    """out[...] = a @ b. NumPy writes the product straight into ``out`` (no temporary)."""
-    if _backend_name() == "numpy":
+    """out[...] = a @ b. NumPy and CuPy write the product straight into ``out`` (no temporary,
+    and on the GPU no second kernel to copy it)."""
+    if _backend_name() in ("numpy", "cupy"):
         array_namespace(a).matmul(a, b, out=out)
     else:
         out[...] = a @ b
@@ -236,9 +279,9 @@ def matmul_into(a, b, out):
 
 
 def sum_rows_into(a, out):
-    """out[...] = sum of the rows of a (axis 0), straight into ``out`` on NumPy."""
+    """out[...] = sum of the rows of a (axis 0), straight into ``out`` on NumPy and CuPy."""
     xp = array_namespace(a)
-    if _backend_name() == "numpy":
+    if _backend_name() in ("numpy", "cupy"):
         xp.sum(a, axis=0, out=out)
     else:
         out[...] = xp.sum(a, axis=0)

@@ -68,3 +68,70 @@ def test_fused_cupy_kernels_match_the_formulas(use_backend):
         tanh = kernels.tanh_backward(npvae.asarray(dout, dtype=dtype), npvae.asarray(out, dtype=dtype))
         np.testing.assert_allclose(host(tanh), dout * (1 - out * out), rtol=rtol, atol=1e-7)
         assert type(relu).__module__.startswith("cupy") and str(relu.dtype) == dtype
+
+
+def _latent_and_decoder_cases(rng, dtype):
+    """Each fused kernel of npvae.distributions, called through the public function that
+    uses it, on fresh random inputs (logits up to +-40, where exp(-|l|) underflows in float32)."""
+    from npvae import distributions as dist
+
+    n, z, d = 33, 7, 50
+    mu, logvar, eps, dz = (rng.standard_normal((n, z)) for _ in range(4))
+    x, logits = rng.uniform(size=(n, d)), 40 * rng.standard_normal((n, d)) ** 3 / 27
+    dkl_rows = rng.standard_normal(n)
+
+    def a(v):
+        return npvae.asarray(v, dtype=dtype)
+
+    return {
+        "reparameterize": lambda: dist.reparameterize(a(mu), a(logvar), a(eps))[0],
+        "reparameterize_backward": lambda: dist.reparameterize_backward(a(dz), a(logvar), a(eps))[1],
+        "gaussian_kl": lambda: dist.gaussian_kl(a(mu), a(logvar)),
+        "gaussian_kl_backward": lambda: dist.gaussian_kl_backward(-0.25, a(mu), a(logvar))
+        + dist.gaussian_kl_backward(a(dkl_rows), a(mu), a(logvar)),
+        "bernoulli_log_likelihood": lambda: dist.bernoulli_log_likelihood_and_grad(a(x), a(logits))[0],
+        "bernoulli_grad": lambda: dist.bernoulli_log_likelihood_and_grad(a(x), a(logits))[1],
+    }
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 2e-5), ("float64", 1e-12)])
+def test_fused_distribution_kernels_match_the_xp_code(use_backend, monkeypatch, dtype, rtol):
+    """On CuPy, the reparameterization, the KL, their gradients and the Bernoulli decoder run
+    as fused kernels; each gives what the plain xp code gives on NumPy, and is really used."""
+    cupy_backend_or_skip()
+    from npvae import kernels
+
+    launched = []
+    build = kernels._cupy_kernel
+    monkeypatch.setattr(kernels, "_cupy_kernel", lambda cupy, name: launched.append(name) or build(cupy, name))
+    fused_names = (set(kernels._CUPY_SOURCES) | set(kernels._CUPY_ROW_SUMS)) - {"adam", "relu_backward", "tanh_backward"}
+    for name in sorted(fused_names):
+        results = {}
+        for backend_name in ("numpy", "cupy"):
+            use_backend(backend_name)
+            out = _latent_and_decoder_cases(np.random.default_rng(7), dtype)[name]()
+            outs = out if isinstance(out, tuple) else (out,)
+            results[backend_name] = [host(o) for o in outs]
+            if backend_name == "cupy":
+                assert all(str(o.dtype) == dtype for o in outs), name
+        assert name in launched, f"{name}: the fused kernel was not used on CuPy"
+        for want, got in zip(results["numpy"], results["cupy"], strict=True):
+            assert np.all(np.isfinite(got)), name
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max(), err_msg=name)
+
+
+def test_fused_kernels_step_aside_for_mixed_dtypes(use_backend):
+    """A kernel computes in one type, so arrays of two dtypes take the xp code (no error),
+    and the result has NumPy's promoted dtype, as on every other backend."""
+    cupy_backend_or_skip()
+    use_backend("cupy")
+    from npvae import distributions as dist, kernels
+
+    rng = np.random.default_rng(5)
+    mu, logvar = (npvae.asarray(rng.standard_normal((4, 3)), dtype="float32") for _ in range(2))
+    eps = npvae.asarray(rng.standard_normal((4, 3)), dtype="float64")
+    assert kernels.fused("reparameterize", mu, logvar, eps) is None
+    z, _ = dist.reparameterize(mu, logvar, eps)
+    assert str(z.dtype) == "float64"
+    want = host(mu) + np.exp(host(logvar) / 2) * host(eps)
+    np.testing.assert_allclose(host(z), want, rtol=1e-6)
