@@ -9,13 +9,15 @@ digits), already on the device. One step is what a training loop does per batch:
 forward, loss, backward, Adam. npvae's step is the one ``npvae.fit`` takes (eps drawn on the
 host by ``npvae.Generator`` and copied over, as in ``fit``); PyTorch's is the examples' loop
 (``torch.randn_like`` on the device). Neither reads the loss back inside the timed loop, so
-the GPU is never made to wait for the host.
+the host can queue work ahead of the GPU (except where npvae's copy of eps makes it wait:
+the breakdown measures that).
 
 Timing: kernels run asynchronously, so each measurement is a pair of CUDA events recorded on
 the stream around ``--steps`` steps (``cupy.cuda.Event``, ``torch.cuda.Event``), after
 ``--warmup`` untimed steps; the two frameworks alternate, ``--repeats`` times each, and the
 median per step is reported with the ratio npvae / PyTorch (the issue's target: <= 1.0).
 ``--device cpu`` runs the same code with NumPy, PyTorch on the CPU and a wall clock.
+On the GPU a second table follows: where npvae's step goes (host and GPU time of each part).
 """
 
 from __future__ import annotations
@@ -83,6 +85,43 @@ def npvae_runner(x_host, batch_size, device):
     return step, (CudaTimer(be.xp) if device == "cuda" else wall_timer), be.description
 
 
+def breakdown(x_host, batch_size, steps, repeats):
+    """Where npvae/CuPy's step goes: the host (CPU) time and the GPU time of each part, per
+    call, by ``cupyx.profiler.benchmark`` (which waits for the GPU after every call). Where
+    the two are about equal, the GPU waits for the host to launch its kernels. Last, the
+    step timed as in the table but with eps already on the GPU: the difference to the
+    table's step is what copying eps over from the host costs inside a loop that does not
+    wait for the GPU (a copy from ordinary host memory waits for the work queued before it)."""
+    import cupy
+    from cupyx.profiler import benchmark
+
+    import npvae
+
+    be = npvae.set_backend("cupy")
+    model = npvae.VAE(784, (400,), 20, likelihood="bernoulli", activation="relu", seed=0)
+    opt = npvae.optim.Adam(model.params, lr=1e-3)
+    rng = npvae.Generator(0)
+    xb = be.asarray(x_host[:batch_size])
+    eps = rng.standard_normal((batch_size, 20), dtype="float32")
+    parts = {
+        "eps: draw on the host, copy to the GPU": lambda: rng.standard_normal((batch_size, 20), dtype="float32"),
+        "forward + backward (model._loss_and_grads)": lambda: model._loss_and_grads(xb, eps, 1.0),
+        "Adam (one fused kernel)": lambda: opt.step(model.grads),
+    }
+    for name, fn in parts.items():
+        r = benchmark(fn, n_repeat=steps, n_warmup=20)
+        host_ms, gpu_ms = statistics.median(r.cpu_times) * 1e3, statistics.median(r.gpu_times[0]) * 1e3
+        print(f"| {batch_size} | {name} | {host_ms:.3f} | {gpu_ms:.3f} |", flush=True)
+
+    def step_with_eps_on_gpu(i):
+        opt.step(model._loss_and_grads(xb, eps, 1.0).grads)
+
+    timer = CudaTimer(cupy)
+    timer(step_with_eps_on_gpu, 20)
+    ms = statistics.median(timer(step_with_eps_on_gpu, steps) for _ in range(repeats))
+    print(f"| {batch_size} | whole step as in the table, but eps already on the GPU | | {ms:.3f} |", flush=True)
+
+
 def torch_runner(x_host, batch_size, device):
     import torch
 
@@ -113,6 +152,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=50, help="untimed steps first (kernel compilation, memory pools)")
     p.add_argument("--repeats", type=int, default=5, help="measurements per framework, alternating")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--no-breakdown", action="store_true", help="skip the table of where npvae's step goes")
     args = p.parse_args(argv)
     for name in ("steps", "repeats"):
         if getattr(args, name) < 1:
@@ -150,6 +190,12 @@ def main(argv=None):
         ratio = f"{med['npvae'] / med['torch']:.2f}" if "torch" in med else "n/a"
         print(f"| {batch_size} | {med['npvae']:.3f} | {torch_ms} | {ratio} |", flush=True)
     print("; ".join(f"{name}: {description}" for name, description in described.items()))
+    if args.device == "cuda" and not args.no_breakdown:
+        print("\nwhere npvae's step goes (ms per call; host: CPU time until the call returns and the GPU is done)")
+        print("| batch | part | host ms | GPU ms |")
+        print("| ---: | --- | ---: | ---: |")
+        for batch_size in args.batch_sizes:
+            breakdown(x_host, batch_size, args.steps, args.repeats)
 
 
 if __name__ == "__main__":

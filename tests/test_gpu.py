@@ -57,11 +57,14 @@ def test_fused_cupy_kernels_match_the_formulas(use_backend):
         p, g = rng.standard_normal(1000), rng.standard_normal(1000)
         m, v = rng.standard_normal(1000) * 1e-2, rng.uniform(size=1000) * 1e-3
         arrays = [npvae.asarray(a, dtype=dtype) for a in (p, g, m, v)]
+        generic = [npvae.asarray(a, dtype=dtype) for a in (p, g, m, v)]
         kernels.adam_update(*arrays, None, 1e-3, 0.9, 0.999, 1e-8)
+        kernels._adam_generic(*generic, 1e-3, 0.9, 0.999, 1e-8)  # the plain xp code, on CuPy arrays
         m_new, v_new = 0.9 * m + g, 0.999 * v + g * g
         expected = (p - 1e-3 * m_new / (np.sqrt(v_new) + 1e-8), g, m_new, v_new)
-        for got, want in zip(arrays, expected):
+        for got, xp_code, want in zip(arrays, generic, expected, strict=True):
             np.testing.assert_allclose(host(got), want, rtol=rtol, atol=1e-12)
+            np.testing.assert_allclose(host(got), host(xp_code), rtol=rtol, atol=1e-12)
         dout, out = rng.standard_normal((9, 7)), np.maximum(rng.standard_normal((9, 7)), 0)
         relu = kernels.relu_backward(npvae.asarray(dout, dtype=dtype), npvae.asarray(out, dtype=dtype))
         np.testing.assert_allclose(host(relu), dout * (out > 0), rtol=rtol)
