@@ -121,11 +121,11 @@ _CUPY_ROW_SUMS = {  # name: (inputs, output, the term summed over a row (a), the
 # ---------------------------------------------------------------------------------------
 def relu_backward(dout, out):
     """dx = dout * [out > 0] for out = max(x, 0): the gradient passes where the unit was on."""
+    dx = fused("relu_backward", dout, out)  # on CuPy: one GPU kernel
+    if dx is not None:
+        return dx
     xp = array_namespace(dout)
-    name = _backend_name()
-    if name == "cupy":
-        return _cupy_kernel(xp, "relu_backward")(dout, out)
-    if name == "numpy":
+    if _backend_name() == "numpy":
         # the boolean mask goes into the multiply as it is (converted on the fly, no float copy)
         return xp.multiply(dout, out > 0)
     # the mask as 0.0 / 1.0 times dout (a multiply is 10x faster than xp.where on the CPU)
@@ -134,10 +134,10 @@ def relu_backward(dout, out):
 
 def tanh_backward(dout, out):
     """dx = dout * (1 - out^2) for out = tanh(x)."""
-    xp = array_namespace(dout)
-    if _backend_name() == "cupy":
-        return _cupy_kernel(xp, "tanh_backward")(dout, out)
-    return dout * (1.0 - out * out)
+    dx = fused("tanh_backward", dout, out)  # on CuPy: one GPU kernel
+    if dx is None:
+        dx = dout * (1.0 - out * out)
+    return dx
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,15 +153,12 @@ def adam_update(params, grads, m_sum, v_sum, work, step_size, beta1, beta2, eps_
     (the moments as running sums, and the bias corrections folded into ``step_size`` and
     ``eps_hat``: see ``npvae.optim.Adam``). ``work`` is ``work_vector(params)`` (overwritten).
     """
-    name = _backend_name()
-    if name == "numpy":
+    if _backend_name() == "numpy":
         _map_chunks(lambda p, g, m, v, t: _adam_numpy(p, g, m, v, t, step_size, beta1, beta2, eps_hat),
                     params.shape[0], (params, grads, m_sum, v_sum), work)
-    elif name == "cupy":
-        number = params.dtype.type  # the scalars in the parameters' precision
-        _cupy_kernel(array_namespace(params), "adam")(
-            grads, number(step_size), number(beta1), number(beta2), number(eps_hat), params, m_sum, v_sum)
-    else:
+        return
+    # On CuPy the whole update is one GPU kernel, writing params, m_sum and v_sum in place.
+    if fused("adam", grads, step_size, beta1, beta2, eps_hat, params, m_sum, v_sum) is None:
         _adam_generic(params, grads, m_sum, v_sum, step_size, beta1, beta2, eps_hat)
 
 

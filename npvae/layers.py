@@ -75,7 +75,6 @@ class Dense:
 class ReLU:
     """out = max(x, 0); dx = dout where out > 0, else 0. Cache: out."""
 
-
     param_shapes: dict = {}
 
     def forward(self, x):
