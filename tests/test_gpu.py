@@ -138,3 +138,31 @@ def test_fused_kernels_step_aside_for_mixed_dtypes(use_backend):
     assert str(z.dtype) == "float64"
     want = host(mu) + np.exp(host(logvar) / 2) * host(eps)
     np.testing.assert_allclose(host(z), want, rtol=1e-6)
+
+
+def test_generator_on_cupy_gives_numpys_draws_while_the_gpu_is_busy(use_backend):
+    """The draws reach the GPU through pinned buffers used in turn, copied without waiting for
+    the GPU: with work queued ahead of every copy, each draw still arrives intact (a buffer
+    overwritten before its copy ran would show here), equal to NumPy's draws from the seed."""
+    cupy_backend_or_skip()
+    use_backend("cupy")
+    import cupy
+
+    from npvae.backend import _PinnedUploads
+
+    gpu_rng, host_rng = npvae.Generator(11), np.random.default_rng(11)
+    busy = cupy.ones((2048, 2048), dtype=cupy.float32)
+    draws, expected = [], []
+    for i in range(3 * _PinnedUploads.SLOTS):
+        busy = (busy @ busy) * (1.0 / 2048)  # queued GPU work ahead of the copy
+        shape = (64 * (i % 5 + 1), 20)  # sizes that grow and shrink: buffers replaced and reused
+        draws.append(gpu_rng.standard_normal(shape))
+        expected.append(host_rng.standard_normal(shape, dtype=np.float32))
+    draws.append(gpu_rng.permutation(1000))
+    expected.append(host_rng.permutation(1000))
+    n_big = _PinnedUploads.MAX_BYTES // 4 + 1  # above the pinned size: the ordinary copy
+    draws.append(gpu_rng.uniform((n_big,)))
+    expected.append(host_rng.uniform(0.0, 1.0, size=(n_big,)).astype(np.float32))
+    for got, want in zip(draws, expected, strict=True):
+        assert type(got).__module__.startswith("cupy") and got.dtype == want.dtype
+        np.testing.assert_array_equal(npvae.to_numpy(got), want)
