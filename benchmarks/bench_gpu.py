@@ -9,8 +9,8 @@ digits), already on the device. One step is what a training loop does per batch:
 forward, loss, backward, Adam. npvae's step is the one ``npvae.fit`` takes (eps drawn on the
 host by ``npvae.Generator`` and copied over, as in ``fit``); PyTorch's is the examples' loop
 (``torch.randn_like`` on the device). Neither reads the loss back inside the timed loop, so
-the host can queue work ahead of the GPU (except where npvae's copy of eps makes it wait:
-the breakdown measures that).
+the host can queue work ahead of the GPU (npvae's Generator copies eps through pinned
+memory, so that copy does not wait for the GPU either; the breakdown measures its cost).
 
 Timing: kernels run asynchronously, so each measurement is a pair of CUDA events recorded on
 the stream around ``--steps`` steps (``cupy.cuda.Event``, ``torch.cuda.Event``), after
@@ -90,8 +90,8 @@ def breakdown(x_host, batch_size, steps, repeats):
     call, by ``cupyx.profiler.benchmark`` (which waits for the GPU after every call). Where
     the two are about equal, the GPU waits for the host to launch its kernels. Last, the
     step timed as in the table but with eps already on the GPU: the difference to the
-    table's step is what copying eps over from the host costs inside a loop that does not
-    wait for the GPU (a copy from ordinary host memory waits for the work queued before it)."""
+    table's step is what drawing eps on the host and copying it over costs inside a loop
+    that does not wait for the GPU."""
     import cupy
     from cupyx.profiler import benchmark
 
