@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from .io import atomic_open
+
 TRAIN_DEFAULTS = {
     "dataset": "mnist-subset", "epochs": 30, "latent_dim": 20, "hidden": [400], "likelihood": "bernoulli",
     "activation": "relu", "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "beta": 1.0, "kl_warmup": 0,
@@ -198,7 +200,7 @@ def cmd_train(args) -> int:
         model = VAE(x_train.shape[1], tuple(settings["hidden"]), settings["latent_dim"],
                     likelihood=settings["likelihood"], activation=settings["activation"], seed=settings["seed"])
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "run.json"), "w") as f:
+    with atomic_open(os.path.join(out, "run.json"), "w") as f:  # a resumed run's run.json is never half-written
         json.dump({"settings": settings, "backend": model.backend.name, "model": model.config}, f, indent=2)
     ckpt, csv = os.path.join(out, "checkpoint.npz"), os.path.join(out, "history.csv")
     print(f"{model}\ntraining on {settings['dataset']} ({x_train.shape[0]} train, {x_test.shape[0]} test), "
