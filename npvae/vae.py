@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass
 
 from . import distributions as dist
-from .backend import DTYPES, Generator, check_int, get_backend, spawn_seeds
+from .backend import DTYPES, Generator, check_fits_in_memory, check_int, get_backend, spawn_seeds
 from .layers import MLP, Dense, FlatParameters, sigmoid
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -67,6 +67,21 @@ class LossAndGrads:
         return float(self.kl_array)
 
 
+def parameter_count(input_dim, hidden_dims, latent_dim) -> int:
+    """How many parameters ``VAE(input_dim, hidden_dims, latent_dim)`` has, computed from the
+    sizes alone (nothing is allocated): every Dense layer n_in -> n_out has n_in * n_out + n_out.
+
+    encoder D -> H1 -> ... -> Hk, two heads Hk -> Z, decoder Z -> Hk -> ... -> H1 -> D.
+    """
+    dims = [int(input_dim), *(int(h) for h in hidden_dims)]
+    z = int(latent_dim)
+    dense = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731
+    encoder = sum(dense(a, b) for a, b in zip(dims[:-1], dims[1:])) + 2 * dense(dims[-1], z)
+    back = [z, *reversed(dims)]
+    decoder = sum(dense(a, b) for a, b in zip(back[:-1], back[1:]))
+    return encoder + decoder
+
+
 class VAE:
     """A VAE with MLP encoder Q_theta(z|x) and MLP decoder P_phi(x|z).
 
@@ -99,6 +114,12 @@ class VAE:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+        # params, grads and up to two optimizer buffers: refuse a size that cannot fit
+        # before allocating anything.
+        count = parameter_count(input_dim, hidden_dims, latent_dim)
+        itemsize = 4 if dtype == "float32" else 8
+        check_fits_in_memory("hidden_dims" if hidden_dims else "input_dim",
+                             list(hidden_dims) if hidden_dims else input_dim, 4 * itemsize * count)
 
         self.input_dim, self.latent_dim = int(input_dim), int(latent_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
