@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from . import kernels
-from .backend import get_backend, to_numpy
+from .backend import check_real, get_backend, to_numpy
 
 
 class Optimizer:
@@ -31,10 +31,8 @@ class Optimizer:
     buffers: tuple = ()  # names of the per-entry state arrays
 
     def __init__(self, params, lr):
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr: expected a positive number, got {lr!r}")
         self.params = params
-        self.lr = float(lr)
+        self.lr = check_real("lr", lr, strictly_above=0)
         self.t = 0  # steps taken
         be = get_backend()
         for name in self.buffers:

@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
-from .backend import Generator, check_int, get_backend, spawn_seeds
+from .backend import Generator, check_int, check_real, copy, get_backend, spawn_seeds
 from .io import atomic_open
-from .optim import Optimizer, make_optimizer
+from .optim import OPTIMIZERS, Optimizer, make_optimizer
 
 BINARIZE = ("none", "static", "dynamic")
 HISTORY_COLUMNS = ("epoch", "loss", "reconstruction", "kl", "beta", "test_loss", "seconds")
@@ -86,61 +87,95 @@ class TrainState:
     optimizer: Optimizer | None = None
     data_rng: Generator | None = None  # orders the data, draws the binarization
     noise_rng: Generator | None = None  # draws eps
-    settings: dict = field(default_factory=dict)  # fit's arguments
+    settings: dict = field(default_factory=dict)  # fit's arguments (DEFAULTS' keys)
 
 
-def fit(model, x_train, x_test=None, epochs=10, batch_size=128, optimizer="adam", lr=1e-3,
-        beta=1.0, kl_warmup_epochs=0, binarize="none", seed=0, progress=True, callbacks=(),
-        resume=False) -> History:
+# fit's settings and their defaults; a checkpoint stores them, so a resumed run (and
+# ``npvae evaluate``) needs nothing but the checkpoint. ``dataset`` is only a name.
+DEFAULTS = {"batch_size": 128, "optimizer": "adam", "lr": 1e-3, "beta": 1.0, "kl_warmup_epochs": 0,
+            "binarize": "none", "seed": 0, "dataset": None}
+
+
+def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None, lr=None,
+        beta=None, kl_warmup_epochs=None, binarize=None, seed=None, progress=True, callbacks=(),
+        resume=False, dataset=None) -> History:
     """Train ``model`` on ``x_train`` (N, D) by minibatch gradient descent on -ELBO.
 
     Args:
         model: an ``npvae.VAE``.
-        x_train, x_test: (N, D) arrays (NumPy or the backend's); x_test is evaluated
+        x_train, x_test: (N, D) arrays (NumPy or the backend's), N >= 1; x_test is evaluated
             (-ELBO, one eps per example, fixed seed) after every epoch.
         epochs: train until this many epochs are complete (counting resumed ones).
-        batch_size: B.
-        optimizer: ``"adam"``, ``"adagrad"`` or ``"sgd"`` (momentum 0.9); lr: its step size.
-        beta: KL weight. kl_warmup_epochs: epochs over which it rises linearly from 0.
-        binarize: ``"none"``, ``"static"`` or ``"dynamic"`` (see the module docstring).
-        seed: seeds the data order, the binarization and eps.
+        batch_size: B (default 128).
+        optimizer: ``"adam"`` (default), ``"adagrad"`` or ``"sgd"`` (momentum 0.9), or an
+            ``npvae.optim`` optimizer built over ``model.params``; lr: its step size
+            (default 1e-3).
+        beta: KL weight (default 1). kl_warmup_epochs: epochs over which it rises linearly
+            from 0 (default 0).
+        binarize: ``"none"`` (default), ``"static"`` or ``"dynamic"`` (see the module docstring).
+        seed: seeds the data order, the binarization and eps (default 0).
         progress: a tqdm bar per epoch when stderr is a terminal.
         callbacks: functions ``cb(model, row)`` called after each epoch with its history row.
         resume: go on from ``model.train_state`` (set by an earlier ``fit`` or by
-            ``npvae.load``): its optimizer state, random streams, epoch count and history.
+            ``npvae.load``): its optimizer state, random streams, epoch count, history and
+            settings. Settings left out (None) are the saved ones; ``lr`` may be changed
+            (the new step size applies from the next step and is recorded); any other
+            setting that differs from the saved one is refused, since the run would no
+            longer be the one that was saved.
+        dataset: the name of the data, recorded in the checkpoint (``npvae train`` passes
+            its ``--dataset``; ``npvae evaluate`` reads it back).
     Returns:
         the ``History`` (also in ``model.train_state.history``).
     Raises:
-        TrainingError: a loss term or the gradient became NaN or inf. The message names the
-            epoch, the step and the term; no update with it is applied, so the model keeps
-            the parameters it had before that step, and ``model.train_state`` its history.
+        ValueError: a bad argument; it is raised before anything changes.
+        TrainingError: a loss term, the gradient, the parameters after an epoch or the test
+            -ELBO became NaN or inf. The message names the epoch (and step) and the term. The
+            model is put back as it was at the end of the last epoch that ended finite
+            (parameters, optimizer, random streams, history), the state a checkpoint of that
+            epoch holds; ``error.epoch`` is that epoch (0: as it was before ``fit``).
     """
-    _check_fit_args(epochs=epochs, batch_size=batch_size, beta=beta, kl_warmup_epochs=kl_warmup_epochs,
-                    binarize=binarize)
-    be = get_backend()
-    settings = {"batch_size": int(batch_size), "optimizer": str(optimizer), "lr": float(lr), "beta": float(beta),
-                "kl_warmup_epochs": int(kl_warmup_epochs), "binarize": binarize, "seed": int(seed)}
-    state = _resume_state(model, optimizer) if resume else _fresh_state(model, optimizer, lr, seed)
+    given = {"batch_size": batch_size, "optimizer": optimizer, "lr": lr, "beta": beta,
+             "kl_warmup_epochs": kl_warmup_epochs, "binarize": binarize, "seed": seed, "dataset": dataset}
+    check_int("epochs", epochs)
+    settings = _resolve_settings(model, given, resume)
+    x_train = _check_rows("x_train", model, x_train)
+    x_test = None if x_test is None else _check_rows("x_test", model, x_test)
+    if settings["binarize"] != "none" and model.likelihood != "bernoulli":
+        raise ValueError(f"binarize: expected 'none' for likelihood='gaussian', got {settings['binarize']!r}")
+    # Everything is checked: from here on the model changes.
+    if resume:
+        state = model.train_state
+        state.optimizer.lr = settings["lr"]
+    else:
+        streams = spawn_seeds(settings["seed"], 4)
+        opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
+            settings["optimizer"], model.params, lr=settings["lr"])
+        state = TrainState(optimizer=opt, data_rng=Generator(streams[0]), noise_rng=Generator(streams[1]))
     state.settings = settings
     model.train_state = state
 
-    x_train = model.check_x(x_train)
-    if binarize != "none" and model.likelihood != "bernoulli":
-        raise ValueError(f"binarize: expected 'none' for likelihood='gaussian', got {binarize!r}")
-    x_test = None if x_test is None else model.check_x(x_test)
+    batch_size, beta, binarize, seed = (settings[k] for k in ("batch_size", "beta", "binarize", "seed"))
     if binarize == "static":
         x_train = _bernoulli_draw(x_train, Generator(spawn_seeds(seed, 4)[2]))
     if x_test is not None:
         x_test = binarize_test_set(x_test, binarize, seed)
 
+    be = get_backend()
     n = int(x_train.shape[0])
     steps_per_epoch = math.ceil(n / batch_size)
-    warmup_steps = kl_warmup_epochs * steps_per_epoch
+    warmup_steps = settings["kl_warmup_epochs"] * steps_per_epoch
+    if warmup_steps and int(epochs) * steps_per_epoch < warmup_steps:
+        reached = beta * int(epochs) * steps_per_epoch / warmup_steps
+        warnings.warn(f"kl_warmup_epochs: the KL weight rises to beta={beta:g} over {settings['kl_warmup_epochs']} "
+                      f"epochs, but training stops after epoch {int(epochs)}, where it is {reached:.3g}",
+                      stacklevel=2)
 
+    last_good = _Snapshot(model, state)  # the end of the last epoch that ended finite
     for epoch in range(state.epoch + 1, int(epochs) + 1):
         start = time.perf_counter()
         order = state.data_rng.permutation(n)
-        sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "beta": 0.0}
+        # per step: B * reconstruction, B * KL, B * beta_t; summed exactly (math.fsum) at the end
+        terms = {"reconstruction": [], "kl": [], "beta": [], "loss": []}
         bar = _progress_bar(progress, steps_per_epoch, f"epoch {epoch}/{epochs}")
         for step in range(steps_per_epoch):
             idx = order[step * batch_size : min((step + 1) * batch_size, n)]
@@ -154,54 +189,137 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=128, optimizer="adam"
             grad_sq = float(res.grads @ res.grads)
             bad = [name for name, v in (("reconstruction", rec), ("KL", kl), ("gradient", grad_sq)) if not math.isfinite(v)]
             if bad:
-                if bar is not None:
-                    bar.close()
-                raise TrainingError(
+                _close(bar)
+                raise last_good.restore(
                     f"epoch {epoch}, step {step + 1} of {steps_per_epoch}: the {' and the '.join(bad)} "
-                    f"went non-finite (reconstruction {rec}, KL {kl}, squared gradient norm {grad_sq}). "
-                    f"The model keeps its parameters from before this step; try a smaller lr "
-                    f"(now {lr:g}) or check the data.",
-                    history=state.history,
-                )
+                    f"went non-finite (reconstruction {rec}, KL {kl}, squared gradient norm {grad_sq})")
             state.optimizer.step(res.grads)
             state.step += 1
-            weight = xb.shape[0] / n
-            sums["loss"] += weight * (rec + beta_t * kl)
-            sums["reconstruction"] += weight * rec
-            sums["kl"] += weight * kl
-            sums["beta"] += weight * beta_t
+            b = int(xb.shape[0])
+            for key, value in (("reconstruction", rec), ("kl", kl), ("beta", beta_t), ("loss", rec + beta_t * kl)):
+                terms[key].append(b * value)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] * n / ((step * batch_size) + xb.shape[0]):.2f}", refresh=False)
-        if bar is not None:
-            bar.close()
-        row = {"epoch": epoch, **sums, "test_loss": None}
+                bar.set_postfix(loss=f"{math.fsum(terms['loss']) / (step * batch_size + b):.2f}", refresh=False)
+        _close(bar)
+        # The last step's update has not been looked at yet (with one step an epoch, none has).
+        if not bool(model.xp.all(model.xp.isfinite(model.params))):
+            raise last_good.restore(f"epoch {epoch}: the parameters went non-finite in the epoch's last step")
+        row = {"epoch": epoch, **{key: math.fsum(values) / n for key, values in terms.items()}, "test_loss": None}
         if x_test is not None:
             from .metrics import evaluate
 
             row["test_loss"] = evaluate(model, x_test, seed=seed)["loss"]
+            if not math.isfinite(row["test_loss"]):
+                raise last_good.restore(f"epoch {epoch}: the test -ELBO went non-finite ({row['test_loss']}) "
+                                        "after the epoch's last step")
         row["seconds"] = time.perf_counter() - start
         state.history.append(row)
         state.epoch = epoch
+        last_good = _Snapshot(model, state)
         for callback in callbacks:
             callback(model, row)
     return state.history
 
 
-def _fresh_state(model, optimizer, lr, seed) -> TrainState:
-    data_seed, noise_seed = spawn_seeds(seed, 4)[:2]
-    opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(optimizer, model.params, lr=lr)
-    return TrainState(optimizer=opt, data_rng=Generator(data_seed), noise_rng=Generator(noise_seed))
+class _Snapshot:
+    """A copy of what an epoch of training changes: the parameters, the optimizer's state, the
+    random streams, the step count and the history's length. ``restore(message)`` puts the
+    model back and returns the ``TrainingError`` to raise."""
+
+    def __init__(self, model, state: TrainState):
+        self.model, self.state = model, state
+        opt = state.optimizer
+        self.params = copy(model.params)
+        self.opt = ({name: copy(getattr(opt, name)) for name in opt.buffers}, opt.t, opt.lr)
+        self.rngs = [rng.host.bit_generator.state for rng in (state.data_rng, state.noise_rng)]
+        self.epoch, self.step, self.rows = state.epoch, state.step, len(state.history)
+
+    def restore(self, message) -> TrainingError:
+        state, opt = self.state, self.state.optimizer
+        self.model.params[...] = self.params
+        buffers, opt.t, opt.lr = self.opt
+        for name, value in buffers.items():
+            getattr(opt, name)[...] = value
+        for rng, saved in zip((state.data_rng, state.noise_rng), self.rngs):
+            rng.host.bit_generator.state = saved
+        state.epoch, state.step = self.epoch, self.step
+        del state.history[self.rows :]
+        where = f"the end of epoch {self.epoch}" if self.epoch else "where it was before training"
+        error = TrainingError(f"{message}. The model is back at {where}, its last finite state; try a smaller "
+                              f"lr (now {opt.lr:g}) or check the data.", history=state.history)
+        error.epoch = self.epoch
+        return error
 
 
-def _resume_state(model, optimizer) -> TrainState:
-    state = getattr(model, "train_state", None)
-    if state is None or state.optimizer is None:
-        raise ValueError("resume: expected a model trained by fit() or loaded from a checkpoint, got a fresh model")
-    name = optimizer.name if isinstance(optimizer, Optimizer) else str(optimizer).lower()
-    if name != state.optimizer.name:
-        raise ValueError(f"optimizer: expected {state.optimizer.name!r} to resume the saved state, got {name!r}")
-    return state
+def _resolve_settings(model, given, resume) -> dict:
+    """fit's settings: the ones given, else (resuming) the saved ones, else ``DEFAULTS``;
+    every one checked, nothing changed."""
+    optimizer = given["optimizer"]
+    if isinstance(optimizer, Optimizer):
+        if optimizer.params is not model.params:
+            raise ValueError("optimizer: expected an optimizer over this model's parameters (model.params), "
+                             "got one over another array (built for another model?)")
+        if given["lr"] is not None and float(given["lr"]) != optimizer.lr:
+            raise ValueError(f"lr: the optimizer object has lr {optimizer.lr:g}; set it there, got lr={given['lr']!r}")
+        given = {**given, "optimizer": optimizer.name, "lr": optimizer.lr}
+    elif optimizer is not None:
+        given = {**given, "optimizer": str(optimizer).lower()}
+    if resume:
+        state = getattr(model, "train_state", None)
+        if state is None or state.optimizer is None:
+            raise ValueError("resume: expected a model trained by fit() or loaded from a checkpoint, got a fresh model")
+        if isinstance(optimizer, Optimizer) and optimizer is not state.optimizer:
+            raise ValueError("optimizer: resuming goes on with the saved optimizer state; pass its name "
+                             f"({state.optimizer.name!r}) or nothing, got a new {type(optimizer).__name__} object")
+        saved = {**DEFAULTS, **state.settings, "optimizer": state.optimizer.name, "lr": state.optimizer.lr}
+        for key, value in given.items():
+            if value is None or key == "lr" or saved[key] is None:
+                continue
+            if value != saved[key]:
+                if key == "optimizer":
+                    raise ValueError(f"optimizer: expected {saved[key]!r} to resume the saved state, got {value!r}")
+                raise ValueError(f"{key}: the run being resumed was trained with {saved[key]!r} and goes on with it "
+                                 f"(start a new run to change it), got {value!r}")
+        base = saved
+    else:
+        base = DEFAULTS
+    settings = {key: base[key] if given[key] is None else given[key] for key in DEFAULTS}
+    _check_settings(settings)
+    return {**settings, "batch_size": int(settings["batch_size"]), "lr": float(settings["lr"]),
+            "beta": float(settings["beta"]), "kl_warmup_epochs": int(settings["kl_warmup_epochs"]),
+            "seed": int(settings["seed"])}
+
+
+def _check_settings(s):
+    check_int("batch_size", s["batch_size"])
+    check_int("kl_warmup_epochs", s["kl_warmup_epochs"], minimum=0)
+    check_int("seed", s["seed"], minimum=0)
+    check_real("beta", s["beta"], minimum=0)
+    check_real("lr", s["lr"], strictly_above=0)
+    if s["binarize"] not in BINARIZE:
+        raise ValueError(f"binarize: expected one of {BINARIZE}, got {s['binarize']!r}")
+    if s["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {tuple(OPTIMIZERS)}, got {s['optimizer']!r}")
+    if s["dataset"] is not None and not isinstance(s["dataset"], str):
+        raise ValueError(f"dataset: expected a name (a string) or None, got {s['dataset']!r}")
+
+
+def _check_rows(name, model, x):
+    """``model.check_x(x)``, with the error naming ``name``, and at least one row."""
+    try:
+        x = model.check_x(x)
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(f"{name}: {message[3:]}" if message.startswith("x: ") else message) from None
+    if int(x.shape[0]) == 0:
+        raise ValueError(f"{name}: expected at least one row, got 0")
+    return x
+
+
+def _close(bar):
+    if bar is not None:
+        bar.close()
 
 
 def binarize_test_set(x, binarize, seed):
@@ -226,13 +344,3 @@ def _progress_bar(progress, total, desc):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-
-
-def _check_fit_args(epochs, batch_size, beta, kl_warmup_epochs, binarize):
-    check_int("epochs", epochs)
-    check_int("batch_size", batch_size)
-    check_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
-    if binarize not in BINARIZE:
-        raise ValueError(f"binarize: expected one of {BINARIZE}, got {binarize!r}")

@@ -200,6 +200,7 @@ class VAE:
         ``rng`` is an ``npvae.backend.Generator``; None uses the model's own ``model.rng``.
         """
         check_int("n", n)
+        self._check_backend()
         z = (rng or self.rng).standard_normal((int(n), self.latent_dim), dtype=self.dtype)
         return self.mean(self.decode(z))
 
@@ -289,6 +290,16 @@ class VAE:
         return mu, logvar, (h, h_cache, mu_cache, logvar_cache)
 
     # -- input checks ------------------------------------------------------------------------
+    def _check_backend(self):
+        """The model's backend, or a ValueError if ``set_backend`` has switched to another since
+        the model was built (its arrays live on the old one)."""
+        active = get_backend()
+        if active.name != self.backend.name:
+            raise ValueError(f"model: built on the {self.backend.name!r} backend, but the active backend is now "
+                             f"{active.name!r} (set_backend was called after); save it with model.save(path) and "
+                             f"npvae.load(path) it on the new backend, or switch back")
+        return self.backend
+
     def check_x(self, x):
         """x as an array of the model's backend and dtype, or a ValueError that says why not:
         wrong ndim or width, NaN or inf, or (bernoulli) values outside [0, 1]."""
@@ -305,7 +316,7 @@ class VAE:
         return x
 
     def _check_array(self, name, a, width):
-        be = self.backend
+        be = self._check_backend()
         if not be.owns(a):
             a = be.asarray(a)
         if a.ndim != 2 or a.shape[1] != width:

@@ -147,6 +147,7 @@ def test_non_finite_loss_stops_with_epoch_step_and_term(data):
     # No update with a non-finite gradient was applied: the parameters are still finite.
     assert np.isfinite(host(model.params)).all()
     assert info.value.history is model.train_state.history
+    assert "The model is back at where it was before training" in message and info.value.epoch == 0
 
 
 @pytest.mark.parametrize(
@@ -167,7 +168,7 @@ def test_bad_arguments(kwargs, message, data):
 
 
 def test_bad_data(data):
-    with pytest.raises(ValueError, match=r"x: expected shape \(N, 36\), got \(320, 35\)"):
+    with pytest.raises(ValueError, match=r"x_train: expected shape \(N, 36\), got \(320, 35\)"):
         npvae.fit(small_model(), data[0][:, :35], progress=False)
     with pytest.raises(ValueError, match=r"binarize: expected 'none' for likelihood='gaussian', got 'static'"):
         npvae.fit(small_model(likelihood="gaussian"), data[0], binarize="static", progress=False)
@@ -181,3 +182,104 @@ def test_history_csv_round_trip(data, tmp_path):
     back = npvae.History.from_csv(tmp_path / "history.csv")
     assert back == history
     assert list(tmp_path.iterdir()) == [tmp_path / "history.csv"]  # no temporary files left
+
+
+# --- Faults: divergence, refused resumes, bad arguments (issue 10) ----------------------------
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+def test_divergence_in_an_epochs_last_step_is_caught_and_the_model_rolled_back(data):
+    # Full-batch SGD with a huge step: every step is an epoch's last step. Epochs 1-3 end
+    # finite; epoch 4's update makes the test -ELBO NaN. Before the fix that epoch was
+    # handed to the callbacks (and so saved over the good checkpoint) and training stopped
+    # only at epoch 5's first step.
+    x_train, x_test = data
+    model = small_model()
+    seen, params_after = [], {}
+
+    def record(m, row):
+        seen.append(row)
+        params_after[row["epoch"]] = host(m.params).copy()
+
+    with pytest.raises(npvae.TrainingError) as info:
+        npvae.fit(model, x_train, x_test, epochs=12, batch_size=len(x_train), optimizer="sgd", lr=3.0,
+                  progress=False, callbacks=[record])
+    assert [row["epoch"] for row in seen] == [1, 2, 3]
+    assert all(np.isfinite(row["test_loss"]) for row in seen)
+    assert str(info.value).startswith("epoch 4: the test -ELBO went non-finite")
+    assert "The model is back at the end of epoch 3" in str(info.value) and info.value.epoch == 3
+    # The model is exactly as a checkpoint of epoch 3 holds it: going on from here is epoch 4 again.
+    np.testing.assert_array_equal(host(model.params), params_after[3])
+    assert model.train_state.epoch == 3 and model.train_state.step == 3 and len(model.train_state.history) == 3
+    assert model.train_state.optimizer.t == 3
+
+
+def test_resume_takes_the_saved_settings_and_applies_a_new_lr(data):
+    x_train, _ = data
+    kw = {"batch_size": 50, "seed": 4, "progress": False}
+    straight = npvae.fit(small_model(), x_train, epochs=2, **kw)
+    model = small_model()
+    npvae.fit(model, x_train, epochs=1, **kw)
+    # Nothing but epochs given: the saved batch size and seed, not the defaults.
+    resumed = npvae.fit(model, x_train, epochs=2, resume=True, progress=False)
+    assert resumed.column("loss") == straight.column("loss")
+    assert model.train_state.settings["batch_size"] == 50
+    npvae.fit(model, x_train, epochs=3, resume=True, lr=0.5, progress=False)
+    assert model.train_state.optimizer.lr == 0.5 and model.train_state.settings["lr"] == 0.5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 64}, r"batch_size: the run being resumed was trained with 50 and goes on with it"),
+    ({"seed": 1}, r"seed: the run being resumed was trained with 4"),
+    ({"optimizer": "sgd"}, r"optimizer: expected 'adam' to resume the saved state, got 'sgd'"),
+    ({"beta": 2.0}, r"beta: the run being resumed was trained with 1.0"),
+])
+def test_a_refused_resume_changes_nothing(kwargs, message, data):
+    x_train, _ = data
+    model = small_model()
+    npvae.fit(model, x_train, epochs=1, batch_size=50, seed=4, progress=False)
+    before = (host(model.params).copy(), dict(model.train_state.settings), model.train_state.step)
+    with pytest.raises(ValueError, match=message):
+        npvae.fit(model, x_train, epochs=2, resume=True, progress=False, **kwargs)
+    np.testing.assert_array_equal(host(model.params), before[0])
+    assert model.train_state.settings == before[1] and model.train_state.step == before[2]
+
+
+def test_an_optimizer_object_must_belong_to_the_model(data):
+    model, other = small_model(), small_model(seed=1)
+    with pytest.raises(ValueError, match=r"optimizer: expected an optimizer over this model's parameters"):
+        npvae.fit(model, data[0], epochs=1, optimizer=npvae.optim.Adam(other.params), progress=False)
+    npvae.fit(model, data[0], epochs=1, optimizer=npvae.optim.Adam(model.params, lr=2e-3), progress=False)
+    assert model.train_state.settings["lr"] == 2e-3
+    with pytest.raises(ValueError, match=r"optimizer: resuming goes on with the saved optimizer state"):
+        npvae.fit(model, data[0], epochs=2, resume=True, optimizer=npvae.optim.Adam(model.params), progress=False)
+
+
+def test_empty_data_is_refused(data):
+    with pytest.raises(ValueError, match=r"x_train: expected at least one row, got 0"):
+        npvae.fit(small_model(), data[0][:0], epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"x_test: expected at least one row, got 0"):
+        npvae.fit(small_model(), data[0], data[1][:0], epochs=1, progress=False)
+
+
+def test_numpy_numbers_are_numbers(data):
+    history = npvae.fit(small_model(), data[0], epochs=1, lr=np.float32(0.01), beta=np.float64(0.5),
+                        batch_size=np.int64(64), seed=np.int32(2), progress=False)
+    assert len(history) == 1 and history[0]["beta"] == 0.5
+
+
+def test_negative_seed_is_named(data):
+    with pytest.raises(ValueError, match=r"seed: expected a non-negative integer, got -1"):
+        npvae.fit(small_model(), data[0], epochs=1, seed=-1, progress=False)
+
+
+def test_beta_column_is_exact(data):
+    # 320 rows in batches of 128, 128 and 64: the weighted mean of 1.0 is 1.0, not 1.0000000000000002.
+    history = npvae.fit(small_model(), data[0], epochs=2, batch_size=128, progress=False)
+    assert history.column("beta") == [1.0, 1.0]
+    warm = npvae.fit(small_model(), data[0], epochs=3, batch_size=64, kl_warmup_epochs=1, progress=False)
+    assert warm.column("beta")[1:] == [1.0, 1.0]
+
+
+def test_a_warmup_longer_than_training_is_said(data):
+    with pytest.warns(UserWarning, match=r"kl_warmup_epochs: the KL weight rises to beta=1 over 100 epochs, "
+                                         r"but training stops after epoch 2, where it is 0.02"):
+        npvae.fit(small_model(), data[0], epochs=2, kl_warmup_epochs=100, progress=False)

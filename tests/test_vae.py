@@ -248,3 +248,27 @@ def test_bad_z_and_n():
         model.decode(np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"n: expected a positive integer, got 0"):
         model.sample(0)
+
+
+def test_a_model_used_after_set_backend_switched_says_so(use_backend, be):
+    model = npvae.VAE(6, (4,), 2)
+    use_backend("numpy" if be.name != "numpy" else "strict")
+    expected = rf"model: built on the '{be.name}' backend, but the active backend is now"
+    for use in (lambda: model.loss_and_grads(np.zeros((3, 6))), lambda: model.sample(3),
+                lambda: npvae.fit(model, np.zeros((3, 6)), epochs=1, progress=False)):
+        with pytest.raises(ValueError, match=expected):
+            use()
+
+
+@pytest.mark.parametrize("config", [(784, (400,), 20), (12, (8, 6), 3), (5, (), 2)])
+def test_parameter_count_from_the_sizes_alone(config):
+    from npvae.vae import parameter_count
+
+    assert parameter_count(*config) == npvae.VAE(*config).n_params
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating():
+    with pytest.raises(ValueError, match=r"hidden_dims: \[10000000000\] needs .* GiB, more than this machine's"):
+        npvae.VAE(784, (10**10,), 2)
+    with pytest.raises(ValueError, match=r"input_dim: 1000000000000000 needs"):
+        npvae.VAE(10**15, (), 2)
