@@ -16,6 +16,11 @@ float64.)
   of two evaluations (as ``jax.test_util.check_grads`` does).
 - ``check_model(model, x, eps)``: every parameter block of a VAE, with a per-block report.
 
+A NaN or inf anywhere (in the analytic gradient, the central differences, the loss) fails
+the check: every error here is NaN when its inputs are not finite, and NaN is never "small
+enough" (beware: Python's ``max`` skips a NaN that is not its first argument, and
+``nan > tol`` is False, so each comparison below asks for a finite error explicitly).
+
 This module works at the host edge: it perturbs one entry at a time through the backend's
 arrays, and collects the differences and compares gradients in host NumPy arrays (a
 finite-difference check is a few hundred scalar evaluations, never a hot loop).
@@ -23,6 +28,7 @@ finite-difference check is a few hundred scalar evaluations, never a hot loop).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,12 +42,15 @@ def rel_error(a, b) -> float:
     Scaled by the largest entry rather than entry by entry: an entry whose true value is zero
     up to rounding would otherwise make a correct gradient look wrong. Check each parameter
     block on its own (``check_model`` does) so a small block is not hidden by a large one.
-    Around 1e-8 or less in float64 is right; above 1e-6 something is wrong.
+    Around 1e-8 or less in float64 is right; above 1e-6 something is wrong. NaN if any entry
+    of a or b is NaN or inf: no finite number describes how far off such a gradient is.
     """
     a = np.asarray(to_numpy(a), dtype=np.float64)
     b = np.asarray(to_numpy(b), dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"b: expected shape {a.shape} (the shape of a), got {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("nan")
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b)) / max(1e-8, float(np.max(np.abs(a) + np.abs(b)))))
@@ -52,13 +61,21 @@ def assert_gradients_match(analytic, numeric, rtol=1e-6, atol=1e-9, name="gradie
 
     One exception: when the whole gradient is at rounding level (every |a - b| <= atol, as
     when the true gradient is 0 and the central difference returns 1e-12), the relative error
-    measures only noise, and the gradients match.
+    measures only noise, and the gradients match. A NaN or inf in either always raises.
     """
     err = rel_error(analytic, numeric)
+    if not math.isfinite(err):
+        counts = f"analytic {_count_nonfinite(analytic)}, numeric {_count_nonfinite(numeric)}"
+        raise AssertionError(f"{name}: relative error {err} (entries that are NaN or inf: {counts})")
     diff = float(np.max(np.abs(to_numpy(analytic) - to_numpy(numeric)), initial=0.0))
     if err > rtol and diff > atol:
         raise AssertionError(f"{name}: relative error {err:.2e} > {rtol:g} (largest difference {diff:.2e})")
     return err
+
+
+def _count_nonfinite(g) -> int:
+    """How many entries of g are NaN or +-inf."""
+    return int(np.sum(~np.isfinite(np.asarray(to_numpy(g), dtype=np.float64))))
 
 
 def numerical_gradient(f, x, h=1e-5, indices=None) -> np.ndarray:
@@ -99,7 +116,9 @@ def directional_check(f, x, grad, h=1e-5, seed=0):
         analytic = sum_i grad_i v_i
 
     Returns (numeric, analytic, relative error |numeric - analytic| / max(1e-8, |numeric| +
-    |analytic|)). ``x`` is changed in place and restored; ``grad`` has x's shape.
+    |analytic|)); the error is NaN when either number is NaN or inf (a non-finite loss or a
+    non-finite entry of ``grad``). ``x`` is changed in place and restored; ``grad`` has x's
+    shape.
     """
     v_host = np.random.default_rng(seed).standard_normal(tuple(x.shape))
     v_host /= np.linalg.norm(v_host)
@@ -113,33 +132,64 @@ def directional_check(f, x, grad, h=1e-5, seed=0):
     x[...] = x0
     numeric = (f_plus - f_minus) / (2.0 * h)
     analytic = float(np.sum(to_numpy(grad).astype(np.float64) * v_host))
+    if not (math.isfinite(numeric) and math.isfinite(analytic)):
+        return numeric, analytic, float("nan")
     return numeric, analytic, abs(numeric - analytic) / max(1e-8, abs(numeric) + abs(analytic))
+
+
+DIRECTIONAL = "directional (all entries)"  # the directional check's name in reports
+LOSS = "loss"  # a non-finite loss from loss_and_grads, in reports
 
 
 @dataclass
 class GradcheckReport:
-    """Per-block relative errors of a model's gradient; ``str()`` prints a table."""
+    """Per-block relative errors of a model's gradient; ``str()`` prints a table.
+
+    An error that is NaN or inf (from a NaN or inf in either gradient or in the loss) counts
+    as a failure at every tolerance, and makes ``max_error`` NaN (or inf).
+    """
 
     errors: dict = field(default_factory=dict)  # block name -> relative error
     checked: dict = field(default_factory=dict)  # block name -> entries checked
     sizes: dict = field(default_factory=dict)  # block name -> entries in the block
     directional: float = float("nan")  # relative error of the directional check
+    # The loss that came with the analytic gradient (set by check_model; None: not known).
+    # Not a dataclass field, so the constructor is unchanged. Only its finiteness is checked.
+    loss = None
+
+    def _all_errors(self) -> dict:
+        """name -> error for every check made: the blocks, the directional check, and the
+        loss (as NaN) when it is not finite."""
+        out = {**self.errors, DIRECTIONAL: self.directional}
+        if self.loss is not None and not math.isfinite(self.loss):
+            out[LOSS] = float("nan")
+        return out
 
     @property
     def max_error(self) -> float:
-        return max([*self.errors.values(), self.directional])
+        """The largest error; NaN if any error is NaN, else inf if any is inf.
+        (``np.max`` propagates NaN; Python's ``max`` would skip one that is not first.)"""
+        return float(np.max(np.asarray(list(self._all_errors().values()), dtype=np.float64)))
+
+    def failed(self, tol=1e-6) -> list[str]:
+        """The names of the checks that fail at ``tol``, in table order: each block whose
+        error is NaN, inf or > tol, then ``"directional (all entries)"`` if the directional
+        check fails, then ``"loss"`` if the loss was NaN or inf. Empty when all pass."""
+        return [name for name, err in self._all_errors().items() if not (math.isfinite(err) and err <= tol)]
 
     def passed(self, tol=1e-6) -> bool:
-        return self.max_error <= tol
+        """True when every error is finite and <= tol."""
+        return not self.failed(tol)
 
     def __str__(self):
-        last = "directional (all entries)"
-        width = max([len(n) for n in self.errors] + [len(last)])
+        width = max([len(n) for n in self.errors] + [len(DIRECTIONAL)])
         lines = [f"{'block':<{width}}  {'checked':>15}  {'rel. error':>10}"]
         for name, err in self.errors.items():
             frac = f"{self.checked[name]}/{self.sizes[name]}"
             lines.append(f"{name:<{width}}  {frac:>15}  {err:10.2e}")
-        lines.append(f"{last:<{width}}  {'1 direction':>15}  {self.directional:10.2e}")
+        lines.append(f"{DIRECTIONAL:<{width}}  {'1 direction':>15}  {self.directional:10.2e}")
+        if self.loss is not None and not math.isfinite(self.loss):
+            lines.append(f"{LOSS:<{width}}  {'value':>15}  {self.loss:>10}")
         return "\n".join(lines)
 
 
@@ -150,16 +200,20 @@ def check_model(model, x, eps, beta=1.0, h=1e-5, max_entries_per_block=None, see
     Use a float64 model. ``eps`` must be given (the noise has to be the same in every
     evaluation). ``max_entries_per_block=None`` checks every entry; a number checks that many
     entries of each block, chosen at random with ``seed`` (for large models). A directional
-    check over all entries is added.
+    check over all entries is added. A block with a NaN or inf anywhere in its analytic
+    gradient, checked entry or not, gets error NaN; so does one whose central differences
+    are not finite. A NaN or inf loss is recorded in ``report.loss`` and fails the report.
     """
     res = model.loss_and_grads(x, eps=eps, beta=beta)
     analytic = to_numpy(res.grads).astype(np.float64)  # a copy: model.grads is reused
+    loss = res.loss
 
     def f():
         return model.loss(x, eps, beta=beta)
 
     rng = np.random.default_rng(seed)
     report = GradcheckReport()
+    report.loss = loss
     for name, a, b, _shape in model.blocks:
         size = b - a
         if max_entries_per_block is None or max_entries_per_block >= size:
@@ -167,7 +221,8 @@ def check_model(model, x, eps, beta=1.0, h=1e-5, max_entries_per_block=None, see
         else:
             idx = a + np.sort(rng.choice(size, size=int(max_entries_per_block), replace=False))
         numeric = numerical_gradient(f, model.params, h=h, indices=idx)
-        report.errors[name] = rel_error(analytic[idx], numeric)
+        finite = bool(np.all(np.isfinite(analytic[a:b])))  # the whole block, not only idx
+        report.errors[name] = rel_error(analytic[idx], numeric) if finite else float("nan")
         report.checked[name], report.sizes[name] = len(idx), size
     report.directional = directional_check(f, model.params, analytic, h=h, seed=seed)[2]
     return report

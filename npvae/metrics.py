@@ -7,7 +7,8 @@
       log p(x) ~ log (1/k) sum_{i=1..k} w_i,   w_i = P(x|z_i) P(z_i) / Q(z_i|x),  z_i ~ Q(z|x)
 
   computed with log-sum-exp. For k = 1 its expectation is the ELBO; it grows with k and
-  tends to log p(x). (The gap at k = 1 is KL(Q(z|x) || P(z|x)).)
+  tends to log p(x). (The gap at k = 1 is KL(Q(z|x) || P(z|x)).) log Q(z_i|x) is computed
+  from the noise eps_i that made z_i, never from z_i - mu: see ``_log_q_from_eps``.
 - ``active_units(model, x)``: latent units u whose posterior mean moves with x,
   Cov_x(E_Q[z_u]) > 0.01 (Burda et al. 2016); the rest have collapsed onto the prior.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 
 from . import distributions as dist
-from .backend import Generator, check_int, get_backend, spawn_seeds, to_numpy
+from .backend import Generator, array_namespace, check_int, get_backend, spawn_seeds, to_numpy
 
 MAX_ROWS = 8192  # rows decoded at once by log_likelihood: memory ~ MAX_ROWS * (D + H) floats
 
@@ -28,7 +29,8 @@ def evaluate(model, x, batch_size=1000, seed=0) -> dict:
     Returns {"loss", "reconstruction", "kl"}: means over x, in nats per example;
     loss = reconstruction + kl.
     """
-    x = model.check_x(x)
+    check_int("batch_size", batch_size)
+    x = _check_rows(model.check_x(x))
     xp = model.xp
     rng = Generator(spawn_seeds(seed, 2)[0])
     n = int(x.shape[0])
@@ -61,7 +63,8 @@ def log_likelihood(model, x, k=5000, seed=0, max_rows=MAX_ROWS, progress=False, 
     chunk: m = max so far, s = sum exp(log w - m), log p = m + log s - log k.
     """
     check_int("k", k)
-    x = model.check_x(x)
+    check_int("max_rows", max_rows)
+    x = _check_rows(model.check_x(x))
     be, xp = get_backend(), model.xp
     rng = Generator(spawn_seeds(seed, 2)[1])
     n, d, zdim = int(x.shape[0]), model.input_dim, model.latent_dim
@@ -91,7 +94,7 @@ def log_likelihood(model, x, k=5000, seed=0, max_rows=MAX_ROWS, progress=False, 
             out = xp.reshape(out, (b, kc, d))
             log_w = (model.log_likelihood(x3, out)  # log P(x|z)        (b, kc)
                      + dist.gaussian_log_density(z, zeros, zeros)  # + log P(z)
-                     - dist.gaussian_log_density(z, mu, logvar))  # - log Q(z|x)
+                     - _log_q_from_eps(eps, logvar))  # - log Q(z|x)
             chunk_max = xp.max(log_w, axis=1)
             if m is None:
                 m, s = chunk_max, xp.sum(xp.exp(log_w - xp.reshape(chunk_max, (b, 1))), axis=1)
@@ -108,6 +111,32 @@ def log_likelihood(model, x, k=5000, seed=0, max_rows=MAX_ROWS, progress=False, 
     return to_numpy(estimates) if per_example else float(xp.mean(estimates))
 
 
+def _log_q_from_eps(eps, logvar):
+    """log Q(z|x) = log N(z; mu, diag(exp(logvar))) at z = mu + exp(logvar/2) * eps, from eps.
+
+    Since (z_j - mu_j)^2 / exp(logvar_j) = eps_j^2 exactly,
+
+        log Q(z|x) = -1/2 * sum_j [ eps_j^2 + logvar_j + log(2 pi) ]
+
+    The textbook form ``(z - mu)**2 * exp(-logvar)`` fails for a very negative logvar (an
+    encoder that has trained a unit to a near point mass reaches logvar ~ -108): exp(-logvar)
+    overflows float32 (0 * inf = NaN), and, in any dtype, once sigma is below the rounding
+    unit of mu, z - mu is only mu's rounding error, so the quotient is noise. This form has
+    neither problem.
+
+    Args: eps (..., k, Z), logvar broadcastable to it, e.g. (b, 1, Z). Returns: (..., k).
+    """
+    xp = array_namespace(eps)
+    return -0.5 * xp.sum(eps * eps + logvar + dist.LOG_2PI, axis=-1)
+
+
+def _check_rows(x):
+    """x (N, D) unchanged, or a ValueError when it has no rows (a mean over none is undefined)."""
+    if int(x.shape[0]) == 0:
+        raise ValueError("x: expected at least one row, got 0")
+    return x
+
+
 def active_units(model, x, threshold=1e-2, batch_size=1000) -> int:
     """How many latent units u have Cov_x(E_Q[z_u | x]) = Var_x(mu_u(x)) > ``threshold``."""
     return int((unit_activity(model, x, batch_size) > threshold).sum())
@@ -115,7 +144,8 @@ def active_units(model, x, threshold=1e-2, batch_size=1000) -> int:
 
 def unit_activity(model, x, batch_size=1000):
     """Var_x(mu_u(x)) for each latent unit u, as a host NumPy array (Z,)."""
-    x = model.check_x(x)
+    check_int("batch_size", batch_size)
+    x = _check_rows(model.check_x(x))
     be, n = get_backend(), int(x.shape[0])
     mu = be.zeros((n, model.latent_dim), "float64")  # (N, Z)
     for a in range(0, n, batch_size):

@@ -68,3 +68,95 @@ def test_a_float32_model_is_not_precise_enough_to_check(rng):
     report = gradcheck.check_model(model, rng.uniform(size=(3, 5)), rng.standard_normal((3, 2)), h=1e-3)
     assert report.max_error > 1e-6
     assert get_backend().dtype_name(model.params.dtype) == "float32"
+
+
+# -- NaN and inf fail, wherever they appear ------------------------------------------------
+# (Python's max skips a NaN that is not first, and nan > tol is False: both once let a NaN
+# gradient through as "PASS".)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_rel_error_and_assert_gradients_match_on_a_non_finite_entry(bad):
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0])
+    wrong = a.copy()
+    wrong[1] = bad  # not the first entry
+    assert not np.isfinite(gradcheck.rel_error(wrong, b))
+    assert not np.isfinite(gradcheck.rel_error(a, wrong))
+    assert not np.isfinite(gradcheck.rel_error(wrong, wrong))  # equal, and still not a match
+    message = r"dW: relative error nan \(entries that are NaN or inf: analytic 1, numeric 0\)"
+    with pytest.raises(AssertionError, match=message):
+        gradcheck.assert_gradients_match(wrong, b, name="dW")
+    with pytest.raises(AssertionError, match=r"analytic 0, numeric 1"):
+        gradcheck.assert_gradients_match(a, wrong, atol=np.inf)  # atol cannot excuse it
+
+
+def test_directional_check_fails_on_a_non_finite_gradient_or_loss(be, rng):
+    x = be.asarray(rng.standard_normal(6), "float64")
+    f = lambda: float(be.xp.sum(be.xp.sin(x)))  # noqa: E731
+    grad = host(be.xp.cos(x))
+    grad[3] = np.nan
+    assert np.isnan(gradcheck.directional_check(f, x, grad)[2])
+    assert np.isnan(gradcheck.directional_check(lambda: np.inf, x, be.xp.cos(x))[2])
+
+
+def _blocks(model):
+    return {name: (a, b) for name, a, b, _shape in model.blocks}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("entries", [None, 2])  # every entry, or 2 per block (the NaN may go unsampled)
+def test_a_non_finite_analytic_gradient_fails_the_report_and_names_its_block(monkeypatch, rng, bad, entries):
+    model = npvae.VAE(5, (4,), 2, dtype="float64", seed=0)
+    x, eps = rng.uniform(size=(3, 5)), rng.standard_normal((3, 2))
+    a, _ = _blocks(model)["theta.mu.W"]  # not the first block: max() used to skip it
+    original = model.loss_and_grads
+
+    def planted(*args, **kwargs):
+        res = original(*args, **kwargs)
+        res.grads[a + 3] = bad
+        return res
+
+    monkeypatch.setattr(model, "loss_and_grads", planted)
+    report = gradcheck.check_model(model, x, eps, max_entries_per_block=entries)
+    assert not np.isfinite(report.max_error)
+    assert not report.passed() and not report.passed(tol=np.inf)
+    assert report.failed() == ["theta.mu.W", "directional (all entries)"]
+    assert report.failed(tol=np.inf) == report.failed()
+    assert all(np.isfinite(err) and err < 1e-6 for name, err in report.errors.items() if name != "theta.mu.W")
+    assert "nan" in str(report)
+
+
+def test_a_non_finite_numeric_gradient_fails_the_report(monkeypatch, rng):
+    # The loss is NaN whenever one entry of theta.encoder.0.b moves: its central
+    # difference, and the directional one, are NaN.
+    model = npvae.VAE(5, (4,), 2, dtype="float64", seed=0)
+    x, eps = rng.uniform(size=(3, 5)), rng.standard_normal((3, 2))
+    j = _blocks(model)["theta.encoder.0.b"][0] + 1
+    at_j = float(model.params[j])
+    original = model.loss
+    monkeypatch.setattr(model, "loss", lambda *a, **k: np.nan if float(model.params[j]) != at_j else original(*a, **k))
+    report = gradcheck.check_model(model, x, eps)
+    assert report.failed() == ["theta.encoder.0.b", "directional (all entries)"]
+    assert np.isnan(report.max_error) and not report.passed()
+
+
+def test_a_non_finite_loss_fails_the_report(monkeypatch, rng):
+    import dataclasses
+
+    model = npvae.VAE(5, (4,), 2, dtype="float64", seed=0)
+    x, eps = rng.uniform(size=(3, 5)), rng.standard_normal((3, 2))
+    original = model.loss_and_grads
+    monkeypatch.setattr(model, "loss_and_grads",
+                        lambda *a, **k: dataclasses.replace(original(*a, **k), loss_array=np.inf))
+    report = gradcheck.check_model(model, x, eps)
+    assert all(err < 1e-6 for err in report.errors.values()) and report.directional < 1e-6  # the gradient is right
+    assert report.failed() == ["loss"] and not report.passed() and np.isnan(report.max_error)
+    assert str(report).splitlines()[-1].split() == ["loss", "value", "inf"]
+
+
+def test_failed_lists_the_blocks_over_the_tolerance():
+    report = gradcheck.GradcheckReport(errors={"a": 1e-9, "b": 1e-3, "c": 2e-7}, directional=1e-4)
+    assert report.failed() == ["b", "directional (all entries)"]
+    assert report.failed(tol=1e-7) == ["b", "c", "directional (all entries)"]
+    assert report.failed(tol=1e-2) == [] and report.passed(tol=1e-2)
+    assert report.max_error == 1e-3
+    not_run = gradcheck.GradcheckReport(errors={"a": 1e-9})  # no directional check: not a pass
+    assert not_run.failed() == ["directional (all entries)"]

@@ -7,7 +7,7 @@ import pytest
 
 import npvae
 from npvae import metrics as ev
-from conftest import toy_images
+from conftest import host, toy_images
 
 D = 36
 
@@ -108,3 +108,80 @@ def test_bad_k(trained):
     model, x = trained
     with pytest.raises(ValueError, match="k: expected a positive integer, got 0"):
         npvae.log_likelihood(model, x, k=0)
+
+
+# -- a very small or very large posterior variance -----------------------------------------
+def _direct_estimate(model, x, k, seed=0):
+    """The importance-sampled estimate per example, written out in host float64 from the
+    definition, with the eps that ``log_likelihood`` draws for n * k <= max_rows (one chunk),
+    and the model's parameters copied into a float64 model:
+
+        z_i = mu + sigma eps_i,  log w_i = log P(x|z_i) + log N(z_i; 0, I) - log N(z_i; mu, sigma^2),
+        (z_i - mu) / sigma = eps_i exactly, so log N(z_i; mu, sigma^2) = -1/2 sum(eps_i^2 + logvar + log 2 pi).
+    """
+    n, zdim = x.shape[0], model.latent_dim
+    g = npvae.Generator(npvae.backend.spawn_seeds(seed, 2)[1])
+    eps = host(g.standard_normal((n, k, zdim), dtype=model.dtype))  # (N, k, Z)
+    m64 = npvae.VAE(model.input_dim, model.hidden_dims, zdim, dtype="float64")
+    m64.params[...] = npvae.asarray(host(model.params), "float64")
+    mu, logvar = (host(a)[:, None, :] for a in m64.encode(x))  # (N, 1, Z)
+    z = mu + np.exp(0.5 * logvar) * eps  # (N, k, Z)
+    logits = host(m64.decode(z.reshape(n * k, zdim))).reshape(n, k, -1)
+    log_px = np.sum(x[:, None, :] * logits - np.logaddexp(0.0, logits), axis=-1)
+    log_pz = -0.5 * np.sum(z**2 + np.log(2 * np.pi), axis=-1)
+    log_q = -0.5 * np.sum(eps**2 + logvar + np.log(2 * np.pi), axis=-1)
+    return np.logaddexp.reduce(log_px + log_pz - log_q, axis=1) - np.log(k)  # (N,)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 1e-5)])
+@pytest.mark.parametrize("logvars", [
+    [-150.0, -108.0, -60.0, -20.0, -1.0],  # near point masses (logvar ~ -108 comes from training)
+    [-150.0, -108.0, -30.0, 0.0, 20.0, 50.0],  # and very wide ones
+])
+def test_log_likelihood_is_finite_and_right_for_extreme_logvar(dtype, rtol, logvars):
+    x, _ = toy_images(n=8, d=12, seed=3)
+    model = npvae.VAE(12, (8,), len(logvars), dtype=dtype, seed=1)
+    blocks = {name: (a, b) for name, a, b, _shape in model.blocks}
+    a, b = blocks["theta.logvar.W"]
+    model.params[a:b] = 0.0  # logvar no longer depends on x ...
+    a, b = blocks["theta.logvar.b"]
+    model.params[a:b] = npvae.asarray(np.array(logvars), dtype)  # ... it is these numbers
+    np.testing.assert_array_equal(host(model.encode(x)[1]), np.tile(np.array(logvars, dtype), (8, 1)))
+    est = ev.log_likelihood(model, x, k=20, per_example=True)
+    assert np.all(np.isfinite(est))
+    # float64: the same number as the direct computation; float32: as its float64 version
+    np.testing.assert_allclose(est, _direct_estimate(model, x, k=20), rtol=rtol)
+
+
+# -- bad arguments and empty data ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def small():
+    x, _ = toy_images(n=10, d=D, seed=4)
+    return npvae.VAE(D, (4,), 2, seed=0), x
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: npvae.evaluate(m, x),
+    lambda m, x: ev.log_likelihood(m, x, k=3),
+    lambda m, x: ev.log_likelihood(m, x, k=3, per_example=True),
+    lambda m, x: ev.unit_activity(m, x),
+    lambda m, x: npvae.active_units(m, x),
+])
+def test_no_rows_is_an_error(small, call):
+    model, x = small
+    with pytest.raises(ValueError, match=r"^x: expected at least one row, got 0$"):
+        call(model, x[:0])
+    call(model, x[:1])  # one row is enough
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5])
+@pytest.mark.parametrize("name, call", [
+    ("batch_size", lambda m, x, v: npvae.evaluate(m, x, batch_size=v)),
+    ("batch_size", lambda m, x, v: ev.unit_activity(m, x, batch_size=v)),
+    ("batch_size", lambda m, x, v: npvae.active_units(m, x, batch_size=v)),
+    ("max_rows", lambda m, x, v: ev.log_likelihood(m, x, k=3, max_rows=v)),
+])
+def test_bad_batch_size_and_max_rows(small, name, call, value):
+    model, x = small
+    with pytest.raises(ValueError, match=rf"^{name}: expected a positive integer, got {value}$"):
+        call(model, x, value)
