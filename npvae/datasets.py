@@ -29,23 +29,47 @@ Datasets (``NAMES``):
 ``mnist`` and ``fashion-mnist`` (60,000 train + 10,000 test each)
     The four IDX files of each (``FILES``) are looked for, in this order, in
 
-    1. ``data_dir`` (the argument; the CLI's ``--data-dir``), directly or in ``data_dir/<name>/``;
+    1. ``data_dir`` (the argument; the CLI's ``--data-dir``), directly or in ``data_dir/<name>/``
+       (``data_dir`` must be an existing folder: a missing one, or a file, is a ``ValueError``
+       naming it, not silently skipped);
     2. ``$NPVAE_DATA``, directly or in ``$NPVAE_DATA/<name>/``;
     3. the cache ``cache_dir()/<name>/``: ``$NPVAE_CACHE``, else ``$XDG_CACHE_HOME/npvae``,
        else ``~/.cache/npvae``;
     4. system folders (``SYSTEM_DIRS``): ``/usr/share/datasets/fashion-mnist`` is where
        Debian's ``apt-get install dataset-fashion-mnist`` puts Fashion-MNIST;
 
-    and if none has all four, they are downloaded from ``MIRRORS`` into the cache (with
-    ``pooch``: each file's SHA-256 is checked against ``SHA256`` before it is moved into
-    place, so a failed or corrupt download leaves nothing behind). A file may be gzipped
-    (``.gz``) or raw. Files found locally are checked for structure by ``read_idx`` (magic
-    number, dimensions, length), not by hash: Debian's files, for one, are the same data
-    recompressed, so their bytes differ from the originals.
+    and if none has all four, they are downloaded into the cache (``download``).
+
+    Downloads: each file is fetched from the mirrors of ``MIRRORS[name]`` in order (https ones
+    first) with ``urllib``, streamed into a temporary file next to its final place. A file may
+    take at most ``DOWNLOAD_TIMEOUT`` seconds, all mirrors together (no single read waits
+    longer than ``READ_TIMEOUT``); reading stops as soon as the server sends more than the
+    file's known size (``SIZES``); a file that is too long, too short, late, or whose SHA-256
+    differs from ``SHA256`` is deleted and the next mirror is tried. Only a complete file with
+    the right hash is moved into place (``os.replace``), so nothing partial, corrupt or
+    temporary is ever left, nor an empty folder that the download created. A cache folder that
+    cannot be written is reported as such (with ``NPVAE_CACHE`` to choose another), not as a
+    network failure.
+
+    Files found locally may be gzipped (``.gz``) or raw. They are checked for structure by
+    ``read_idx`` (magic number, dimensions, length; at least one image or label) and for
+    identity by a content fingerprint that costs nothing beyond reading them: the number of
+    labels and the first ten labels of a labels file, the number of images and the mean grey
+    level of an images file (``KNOWN_LABELS``, ``KNOWN_MEAN_PIXEL``). MNIST's and
+    Fashion-MNIST's files have the same names, headers and sizes, so only the content tells
+    them apart: a file that matches the *other* dataset's fingerprint is refused
+    (``DatasetError``: "looks like fashion-mnist's ..."); a file that matches neither (a
+    subset, a synthetic test file) is used with a ``DatasetWarning`` naming it. Hashes are not
+    used for local files: Debian's ``.gz`` files, for one, differ from the originals (their
+    gzip headers lack the file name) although the data in them are the same.
 
 The IDX format (LeCun et al.) is a 4-byte magic number ``00 00 TT DD`` (``TT``: the element
 type, ``DD``: the number of dimensions), then ``DD`` dimension sizes as big-endian uint32,
 then the elements, big-endian, row-major. ``read_idx`` reads it.
+
+``class_names(name)`` gives the ten class names for plots (the digits ``"0"``..``"9"``, or
+Fashion-MNIST's article names); ``LABEL_KIND[name]`` says whether a label is a ``"digit"`` or a
+``"class"``.
 
 ``binarize_static(x, seed)`` draws one fixed Bernoulli sample of grey-level images (the
 "statically binarized MNIST" convention); dynamic binarization (a new draw every epoch) is the
@@ -62,10 +86,17 @@ References:
 from __future__ import annotations
 
 import gzip
+import hashlib
+import http.client
 import importlib.resources
 import os
 import struct
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
 import zlib
 from pathlib import Path
 
@@ -89,9 +120,11 @@ FILES = (
     ("test_labels", "t10k-labels-idx1-ubyte.gz"),
 )
 
-# Where the files are downloaded from, tried in order (each URL is mirror + file name).
+# Where the files are downloaded from, tried in order (each URL is mirror + file name); https
+# first: the SHA-256 check makes a plain-http download safe, but not private.
 MIRRORS = {
     "fashion-mnist": [
+        "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",  # the repository
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",  # Zalando's own
     ],
     "mnist": [
@@ -99,6 +132,26 @@ MIRRORS = {
         "https://storage.googleapis.com/cvdf-datasets/mnist/",  # TensorFlow's mirror
     ],
 }
+
+# The size in bytes of each original gzipped file (the sizes next to SHA256's sources below):
+# a download stops reading as soon as the server sends more.
+SIZES = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": 26421880,
+        "train-labels-idx1-ubyte.gz": 29515,
+        "t10k-images-idx3-ubyte.gz": 4422102,
+        "t10k-labels-idx1-ubyte.gz": 5148,
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": 9912422,
+        "train-labels-idx1-ubyte.gz": 28881,
+        "t10k-images-idx3-ubyte.gz": 1648877,
+        "t10k-labels-idx1-ubyte.gz": 4542,
+    },
+}
+
+DOWNLOAD_TIMEOUT = 300.0  # seconds one file may take, all mirrors together (26 MB: >= 90 kB/s)
+READ_TIMEOUT = 60.0  # seconds to connect, and for any one read, at most (never past the above)
 
 # SHA-256 of the original gzipped files, as served by the mirrors above.
 SHA256 = {
@@ -124,6 +177,33 @@ SHA256 = {
     },
 }
 
+# Content fingerprints of the real files, to tell MNIST from Fashion-MNIST (same names, headers
+# and sizes). Labels: (number of labels, the first ten). Images: (number of images, mean of
+# grey level / 255). Fashion-MNIST's values are computed from Debian's dataset-fashion-mnist
+# files, whose gzip streams are the originals' (adding back the file name that Debian's headers
+# lack gives exactly the SHA256 above); MNIST's are the well-known ones (train mean 0.1307,
+# the usual normalization constant; first labels 5 0 4 1 9 2 1 3 1 4 and 7 2 1 0 4 1 4 9 5 9).
+KNOWN_LABELS = {
+    "mnist": {"train": (60000, (5, 0, 4, 1, 9, 2, 1, 3, 1, 4)),
+              "test": (10000, (7, 2, 1, 0, 4, 1, 4, 9, 5, 9))},
+    "fashion-mnist": {"train": (60000, (9, 0, 0, 3, 0, 2, 7, 2, 5, 5)),
+                      "test": (10000, (9, 2, 1, 1, 6, 1, 4, 6, 5, 7))},
+}
+KNOWN_MEAN_PIXEL = {
+    "mnist": {"train": (60000, 0.1307), "test": (10000, 0.1325)},
+    "fashion-mnist": {"train": (60000, 0.2860), "test": (10000, 0.2868)},
+}
+MEAN_PIXEL_TOLERANCE = 0.01  # the two datasets' means are 0.15 apart
+
+# Names of the ten classes, for plots: label i is CLASS_NAMES[name][i].
+CLASS_NAMES = {
+    "mnist-subset": tuple(str(d) for d in range(10)),
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+}
+LABEL_KIND = {"mnist-subset": "digit", "mnist": "digit", "fashion-mnist": "class"}
+
 # Folders a system package installs the files into (searched after the cache).
 SYSTEM_DIRS = {
     "fashion-mnist": ["/usr/share/datasets/fashion-mnist"],  # Debian: dataset-fashion-mnist
@@ -144,8 +224,13 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DatasetError(ValueError):
-    """A dataset file is missing, truncated or corrupt; the message names the file and what
-    is wrong, and for a missing dataset, where to put the files."""
+    """A dataset file is missing, truncated, corrupt, or another dataset's; the message names
+    the file and what is wrong, and for a missing dataset, where to put the files."""
+
+
+class DatasetWarning(UserWarning):
+    """A dataset file was used although its content is not recognized as the real dataset's
+    (a subset, a modified copy, a synthetic test file); the message names the file."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,7 +243,9 @@ def load(name: str = DEFAULT_NAME, data_dir=None):
     ``name`` is one of ``NAMES``: ``"mnist-subset"`` (8,000 / 2,000, shipped in the package),
     ``"fashion-mnist"`` or ``"mnist"`` (60,000 / 10,000; found locally or downloaded, see the
     module docstring). ``data_dir`` (a folder, or None) is searched first for the full-size
-    datasets; the subset ignores it.
+    datasets (a ``ValueError`` if it is not an existing folder); the subset ignores it.
+    Local files of the wrong dataset are refused, unrecognized ones used with a
+    ``DatasetWarning`` (see the module docstring).
     """
     if not isinstance(name, str) or name not in NAMES:
         raise ValueError(f"name: expected one of {NAMES}, got {name!r}")
@@ -172,7 +259,17 @@ def load(name: str = DEFAULT_NAME, data_dir=None):
     folder = find_files(name, data_dir)
     if folder is None:
         folder = download(name, data_dir=data_dir)
-    return _load_idx_folder(folder)
+    return _load_idx_folder(folder, name)
+
+
+def class_names(name: str) -> tuple[str, ...]:
+    """The ten class names of dataset ``name``, label ``i`` -> ``class_names(name)[i]``: the
+    digits ``"0"``..``"9"`` for ``"mnist"`` and ``"mnist-subset"``, the article names of
+    Fashion-MNIST (``"T-shirt/top"``, ``"Trouser"``, ... ``"Ankle boot"``) for
+    ``"fashion-mnist"``. ``LABEL_KIND[name]`` says which: ``"digit"`` or ``"class"``."""
+    if not isinstance(name, str) or name not in NAMES:
+        raise ValueError(f"name: expected one of {NAMES}, got {name!r}")
+    return CLASS_NAMES[name]
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
@@ -263,7 +360,8 @@ def read_idx(path, shape=None) -> np.ndarray:
     number (``00 00``, a known type code from ``IDX_DTYPES``, at least one dimension), the
     header length, that the data holds exactly ``prod(dims) * itemsize`` bytes, and, if
     ``shape`` is given (a tuple, ``None`` entries match anything), the dimensions. The array
-    comes back in native byte order: uint8, int8, int16, int32, float32 or float64.
+    comes back in native byte order: uint8, int8, int16, int32, float32 or float64. A
+    dimension may be 0 (an empty array comes back; ``load`` refuses files with no examples).
     Anything wrong raises ``DatasetError`` naming ``path``.
     """
     path = Path(path)
@@ -302,6 +400,8 @@ def read_idx(path, shape=None) -> np.ndarray:
             f"{path}: expected {expected} bytes of data for shape {tuple(dims)} "
             f"({dtype.itemsize}-byte {dtype.name}), got {got}"
         )
+    if expected == 0:  # np.frombuffer refuses an offset at the very end of the buffer
+        return np.zeros(dims, dtype=dtype.newbyteorder("="))
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return data.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
@@ -326,31 +426,89 @@ def _read_bytes(path: Path) -> bytes:
         raise DatasetError(f"{path}: corrupt gzip data ({exc}); download it again") from exc
 
 
-def _load_idx_folder(folder: Path):
-    """Read the four IDX files in ``folder`` and turn them into the ``load`` arrays."""
+def _load_idx_folder(folder: Path, name: str):
+    """Read the four IDX files of dataset ``name`` in ``folder``, check their structure and
+    identity (``_check_identity``), and turn them into the ``load`` arrays."""
     paths = {role: _local_file(folder, fname) for role, fname in FILES}
     missing = [fname for role, fname in FILES if paths[role] is None]
     if missing:
         raise DatasetError(f"{folder}: expected the files {', '.join(missing)} (or without .gz)")
     out = []
     for split in ("train", "test"):
-        images = read_idx(paths[f"{split}_images"], shape=(None,) + IMAGE_SHAPE)
-        labels = read_idx(paths[f"{split}_labels"], shape=(None,))
-        for p, a in ((paths[f"{split}_images"], images), (paths[f"{split}_labels"], labels)):
+        images_path, labels_path = paths[f"{split}_images"], paths[f"{split}_labels"]
+        images = read_idx(images_path, shape=(None,) + IMAGE_SHAPE)
+        labels = read_idx(labels_path, shape=(None,))
+        for p, a, what in ((images_path, images, "image"), (labels_path, labels, "label")):
             if a.dtype != np.uint8:
                 raise DatasetError(f"{p}: expected unsigned bytes (IDX type 0x08), got {a.dtype}")
+            if a.shape[0] == 0:
+                raise DatasetError(f"{p}: expected at least one {what}, got 0")
+            _check_identity(p, a, name, split)
         if labels.shape[0] != images.shape[0]:
             raise DatasetError(
-                f"{paths[f'{split}_labels']}: expected {images.shape[0]} labels, one per image "
-                f"in {paths[f'{split}_images'].name}, got {labels.shape[0]}"
+                f"{labels_path}: expected {images.shape[0]} labels, one per image "
+                f"in {images_path.name}, got {labels.shape[0]}"
             )
-        if labels.size and labels.max() >= N_CLASSES:
+        if labels.max() >= N_CLASSES:
             raise DatasetError(
-                f"{paths[f'{split}_labels']}: expected labels 0..{N_CLASSES - 1}, "
-                f"got a {int(labels.max())}"
+                f"{labels_path}: expected labels 0..{N_CLASSES - 1}, got a {int(labels.max())}"
             )
         out.append((_to_float(images), labels.astype(np.int64)))
     return tuple(out)
+
+
+_SPLIT_WORDS = {"train": "training", "test": "test"}
+
+
+def _fingerprint(a: np.ndarray) -> tuple[str, object]:
+    """``("labels", (n, first ten))`` for a 1-D array, ``("images", (n, mean / 255))`` else."""
+    if a.ndim == 1:
+        return "labels", (a.shape[0], tuple(int(v) for v in a[:10]))
+    return "images", (a.shape[0], float(a.mean(dtype=np.float64)) / 255.0)
+
+
+def _matches(kind: str, got, known) -> bool:
+    if kind == "labels":
+        return got == known
+    return got[0] == known[0] and abs(got[1] - known[1]) <= MEAN_PIXEL_TOLERANCE
+
+
+def _describe(kind: str, fingerprint) -> str:
+    n, value = fingerprint
+    if kind == "labels":
+        return f"{n} labels starting {' '.join(map(str, value))}"
+    return f"{n} images of mean grey level {value:.4f}"
+
+
+def _check_identity(path: Path, a: np.ndarray, name: str, split: str) -> None:
+    """Refuse ``path`` if its content is the other dataset's; warn if it is neither's.
+
+    ``a`` is the file's array, ``split`` ``"train"`` or ``"test"``. The fingerprint
+    (``KNOWN_LABELS``, ``KNOWN_MEAN_PIXEL``) is computed from the array already in memory: a
+    mean over the images, nothing else read or hashed, so nothing needs remembering.
+    """
+    kind, got = _fingerprint(a)
+    known = KNOWN_LABELS if kind == "labels" else KNOWN_MEAN_PIXEL
+    if name not in known:
+        return
+    what = f"{_SPLIT_WORDS[split]} {kind}"
+    tolerance = "" if kind == "labels" else f" +- {MEAN_PIXEL_TOLERANCE}"
+    expected = f"{_describe(kind, known[name][split])}{tolerance}"
+    if _matches(kind, got, known[name][split]):
+        return
+    for other in known:
+        if other != name and _matches(kind, got, known[other][split]):
+            raise DatasetError(
+                f"{path}: expected {name}'s {what} ({expected}), got {_describe(kind, got)}: "
+                f"this file looks like {other}'s {what}, not {name}'s "
+                f"(to use it, load {other!r}; for {name}, put {name}'s files there)"
+            )
+    warnings.warn(
+        f"{path}: not recognized as {name}'s {what} (expected {expected}, "
+        f"got {_describe(kind, got)}); using it as it is",
+        DatasetWarning,
+        stacklevel=4,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -391,8 +549,23 @@ def _local_file(folder: Path, fname: str) -> Path | None:
     return None
 
 
+def _check_data_dir(data_dir) -> None:
+    """``ValueError`` unless ``data_dir`` is None or an existing folder (a typo in a path must
+    not fall through to another folder or a download)."""
+    if data_dir is None:
+        return
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise ValueError(f"data_dir: no such folder: {path}")
+    if not path.is_dir():
+        raise ValueError(f"data_dir: expected a folder, got a file: {path}")
+
+
 def find_files(name: str, data_dir=None) -> Path | None:
-    """The first folder of ``search_dirs`` that holds all four files, or None."""
+    """The first folder of ``search_dirs`` that holds all four files, or None.
+
+    ``data_dir``, if given, must be an existing folder (else ``ValueError`` naming it)."""
+    _check_data_dir(data_dir)
     for folder in search_dirs(name, data_dir):
         if all(_local_file(folder, fname) is not None for _, fname in FILES):
             return folder
@@ -417,44 +590,55 @@ def _where_to_put(name: str, data_dir=None) -> str:
 # ---------------------------------------------------------------------------------------
 # Downloading
 # ---------------------------------------------------------------------------------------
-def download(name: str, data_dir=None) -> Path:
+def download(name: str, data_dir=None, timeout: float | None = None) -> Path:
     """Download the four files of ``name`` into ``cache_dir()/<name>/`` and return that folder.
 
-    Each file is fetched with ``pooch.retrieve`` from the mirrors in ``MIRRORS[name]``, in
-    order, until one gives bytes whose SHA-256 equals ``SHA256[name][file]``; pooch writes to a
-    temporary file next to the target and moves it into place only after the hash check, so
-    no partial or corrupt file is ever left in the cache. A file already in the cache with the
-    right hash is not downloaded again. Raises ``DatasetError``: a checksum mismatch says so;
-    no connection says where to put the files by hand (``data_dir`` only adds to that list).
+    For each file, the mirrors of ``MIRRORS[name]`` are tried in order until one gives exactly
+    ``SIZES[name][file]`` bytes whose SHA-256 is ``SHA256[name][file]`` (``_fetch``: streamed
+    with ``urllib`` into a temporary file next to the target, moved into place only after both
+    checks, deleted otherwise). ``timeout`` (seconds, default ``DOWNLOAD_TIMEOUT``, read at call
+    time) bounds each file, all its mirrors together; mirrors not reached in time are skipped.
+    A file already in the cache with the right size and hash is not downloaded again. Nothing
+    partial, temporary or empty is left behind: no temporary file, and no folder that this call
+    created and that is still empty. Raises ``DatasetError``: a cache folder that cannot be
+    written says so (``NPVAE_CACHE`` chooses another); a checksum mismatch says so; otherwise
+    (no connection, too slow, wrong size) it lists each URL's failure and where to put the files
+    by hand (``data_dir`` only adds to that list).
     """
     if name not in MIRRORS:
         raise ValueError(f"name: expected one of {tuple(MIRRORS)}, got {name!r}")
-    import pooch  # only needed here; the subset and local files work without a network
+    timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout: expected a number of seconds > 0, got {timeout!r}")
 
     folder = cache_dir() / name
-    made = []  # the folders pooch will create, deepest first: removed again if left empty
+    made = []  # the folders this call creates, deepest first: removed again if left empty
     for d in (folder, *folder.parents):
         if d.exists():
             break
         made.append(d)
     progress = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _cache_error(folder, exc) from exc
         for _, fname in FILES:
-            known = SHA256[name][fname]
-            errors = []
+            target, size, known = folder / fname, SIZES[name][fname], SHA256[name][fname]
+            if _file_matches(target, size, known):
+                continue
+            deadline = time.monotonic() + timeout
+            errors = []  # (url, what went wrong, whether it was a checksum mismatch)
             for mirror in MIRRORS[name]:
                 url = mirror + fname
+                if time.monotonic() >= deadline:
+                    errors.append((url, f"not tried: the {timeout:g} s for this file were used up", False))
+                    continue
                 try:
-                    pooch.retrieve(
-                        url,
-                        known_hash=f"sha256:{known}",
-                        fname=fname,
-                        path=folder,
-                        downloader=pooch.HTTPDownloader(progressbar=progress, timeout=60),
-                    )
+                    _fetch(url, target, size, known, deadline, timeout, progress)
                     break
-                except Exception as exc:  # network error, HTTP error or hash mismatch
-                    errors.append((url, exc))
+                except _FetchError as exc:
+                    errors.append((url, str(exc), exc.checksum))
             else:
                 raise _download_error(name, fname, known, folder, errors, data_dir)
     except BaseException:
@@ -465,26 +649,165 @@ def download(name: str, data_dir=None) -> Path:
     return folder
 
 
-def _is_hash_mismatch(exc: Exception) -> bool:
-    """pooch reports a wrong hash as a ValueError saying '... does not match the known hash'."""
-    return isinstance(exc, ValueError) and "hash" in str(exc).lower()
+class _FetchError(Exception):
+    """One URL did not give the file (network error, HTTP error, too slow, wrong size or hash);
+    the next mirror may. ``checksum``: the bytes arrived but their SHA-256 was wrong."""
+
+    def __init__(self, message: str, checksum: bool = False):
+        super().__init__(message)
+        self.checksum = checksum
+
+
+def _cache_error(folder: Path, exc: OSError) -> DatasetError:
+    """The cache folder cannot be written: a local problem, not a network one."""
+    return DatasetError(
+        f"{folder}: cannot write to the download cache ({exc.strerror or exc}); "
+        "choose another folder with the environment variable NPVAE_CACHE=DIR, "
+        "or put the files in a folder yourself and pass it with --data-dir DIR"
+    )
+
+
+def _file_matches(path: Path, size: int, sha256: str) -> bool:
+    """Whether ``path`` is a file of ``size`` bytes with that SHA-256."""
+    try:
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def _set_read_timeout(response, seconds: float) -> None:
+    """Make the next read of ``response`` wait at most ``seconds`` (best effort: the socket sits
+    at ``response.fp.raw._sock`` in CPython's http.client; without it, the timeout given to
+    ``urlopen`` stays)."""
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    if sock is not None and hasattr(sock, "settimeout"):
+        sock.settimeout(max(seconds, 0.001))
+
+
+def _timed_out(exc: BaseException, left: float, deadline: float) -> bool:
+    """Whether ``exc`` means the deadline was reached: it is past, or ``exc`` is a timeout of
+    a wait that the deadline had cut short (``left`` < ``READ_TIMEOUT``)."""
+    if time.monotonic() >= deadline:
+        return True
+    timeout = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+    return timeout and left < READ_TIMEOUT
+
+
+def _fetch(url: str, target: Path, size: int, sha256: str, deadline: float, timeout: float,
+           progress: bool = False) -> None:
+    """Download ``url`` to ``target``: exactly ``size`` bytes with that SHA-256, before
+    ``deadline`` (``time.monotonic()``), or ``_FetchError`` and no file.
+
+    The bytes go to a temporary file ``.<name>.*.part`` in ``target``'s folder, made before
+    connecting (so an unwritable cache is found without the network), and are hashed as they
+    come. Reads use ``read1`` (returns what has arrived, so a server trickling bytes cannot hold
+    a read past the deadline) with a socket timeout of at most ``READ_TIMEOUT`` and never past
+    the deadline. More than ``size`` bytes (or a ``Content-Length`` other than ``size``) stops
+    the transfer at once. The temporary file is deleted on any failure (including
+    ``KeyboardInterrupt``) and renamed onto ``target`` on success. Local write errors raise
+    ``DatasetError`` (``_cache_error``); everything else is a ``_FetchError``.
+    """
+    try:
+        tmp = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.",
+                                          suffix=".part", delete=False)
+    except OSError as exc:
+        raise _cache_error(target.parent, exc) from exc
+
+    def late(got: int) -> _FetchError:
+        return _FetchError(f"gave up after {timeout:g} s (DOWNLOAD_TIMEOUT) with {got} of {size} bytes")
+
+    bar = None
+    try:
+        with tmp:
+            request = urllib.request.Request(url, headers={"User-Agent": "npvae (Python urllib)"})
+            got, digest = 0, hashlib.sha256()
+            left = deadline - time.monotonic()
+            try:
+                response = urllib.request.urlopen(request, timeout=max(min(READ_TIMEOUT, left), 0.001))
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()
+                if _timed_out(exc, left, deadline):
+                    raise late(0) from exc
+                raise _FetchError(f"{type(exc).__name__}: {exc}") from exc
+            with response:
+                announced = response.headers.get("Content-Length")
+                if announced is not None and announced.strip() != str(size):
+                    raise _FetchError(f"expected {size} bytes, the server announced {announced.strip()}")
+                if progress:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=size, unit="B", unit_scale=True, desc=target.name, leave=False)
+                read = getattr(response, "read1", response.read)
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise late(got)
+                    _set_read_timeout(response, min(READ_TIMEOUT, left))
+                    try:
+                        chunk = read(min(1 << 16, size + 1 - got))  # size + 1: to see one too many
+                    except (OSError, http.client.HTTPException) as exc:
+                        if _timed_out(exc, left, deadline):
+                            raise late(got) from exc
+                        raise _FetchError(
+                            f"after {got} of {size} bytes: {type(exc).__name__}: {exc}") from exc
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                    if got > size:
+                        raise _FetchError(f"expected {size} bytes, the server sent more "
+                                          f"(stopped reading at {got})")
+                    digest.update(chunk)
+                    try:
+                        tmp.write(chunk)
+                    except OSError as exc:
+                        raise _cache_error(target.parent, exc) from exc
+                    if bar is not None:
+                        bar.update(len(chunk))
+            if got < size:
+                raise _FetchError(f"expected {size} bytes, the transfer ended after {got}")
+            if digest.hexdigest() != sha256:
+                raise _FetchError(f"got sha256 {digest.hexdigest()}", checksum=True)
+            try:
+                tmp.flush()  # a full disk shows here at the latest
+            except OSError as exc:
+                raise _cache_error(target.parent, exc) from exc
+        try:
+            os.replace(tmp.name, target)
+        except OSError as exc:
+            raise _cache_error(target.parent, exc) from exc
+    except BaseException:
+        try:
+            os.unlink(tmp.name)
+        except OSError:
+            pass
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _download_error(name, fname, known, folder, errors, data_dir=None) -> DatasetError:
     """A ``DatasetError`` for a file no mirror gave: a checksum error or "put the files here"."""
-    bad = [(url, exc) for url, exc in errors if _is_hash_mismatch(exc)]
+    bad = [(url, why) for url, why, checksum in errors if checksum]
     if bad:
-        tried = "; ".join(f"{url}: {exc}" for url, exc in bad)
+        tried = "; ".join(f"{url}: {why}" for url, why in bad)
         return DatasetError(
             f"{folder / fname}: checksum mismatch: expected sha256 {known}, the download did "
             f"not match ({tried}). Nothing was written to the cache; the mirror may be serving "
             "a damaged file: try again later, or put the files there by hand.\n"
             + _where_to_put(name, data_dir)
         )
-    tried = "\n".join(f"  {url}: {type(exc).__name__}: {exc}" for url, exc in errors)
+    tried = "\n".join(f"  {url}: {why}" for url, why, _ in errors)
     return DatasetError(
         f"{name}: the data files are not on this machine and {fname} could not be downloaded "
-        f"(no network?). Tried:\n{tried}\n" + _where_to_put(name, data_dir)
+        f"(no network, or too slow?). Tried:\n{tried}\n" + _where_to_put(name, data_dir)
     )
 
 

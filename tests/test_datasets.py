@@ -1,11 +1,16 @@
 """Tests for npvae.datasets: IDX files, the embedded MNIST subset, where files are looked for,
-downloads (against a local HTTP server, never the internet), and static binarization.
+which dataset a file is, downloads (against local HTTP servers, never the internet), class
+names, and static binarization.
 
 IDX test files are written here with struct/gzip, independently of the module's reader. Every
 test runs with the cache in a temporary folder, NPVAE_DATA unset, no system folders, and
 mirrors at a closed local port, so nothing reads ~/.cache or goes on the network by accident.
+Small synthetic datasets are not recognized as MNIST, so loading them gives a DatasetWarning:
+the tests that load them are marked ``synthetic`` (the warning ignored).
 """
 
+import contextlib
+import copy
 import gzip
 import hashlib
 import http.server
@@ -13,6 +18,8 @@ import importlib.resources
 import socket
 import struct
 import threading
+import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,6 +32,10 @@ from npvae.datasets import DatasetError
 
 FILE_NAMES = [f for _, f in datasets.FILES]
 DEBIAN_FASHION = datasets.SYSTEM_DIRS["fashion-mnist"][0]
+REAL_MIRRORS = copy.deepcopy(datasets.MIRRORS)  # before the autouse fixture replaces them
+
+# Loads small synthetic files: not recognized as the real dataset, which is only a warning.
+synthetic = pytest.mark.filterwarnings("ignore::npvae.datasets.DatasetWarning")
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,6 +131,7 @@ def server(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{httpd.server_address[1]}/"
     monkeypatch.setitem(datasets.MIRRORS, "mnist", [url])
     monkeypatch.setitem(datasets.SHA256, "mnist", {f: sha256(root / f) for f in FILE_NAMES})
+    monkeypatch.setitem(datasets.SIZES, "mnist", {f: (root / f).stat().st_size for f in FILE_NAMES})
     yield SimpleNamespace(root=root, url=url, hits=hits, arrays=arrays)
     httpd.shutdown()
     httpd.server_close()
@@ -374,6 +386,7 @@ def test_search_order(tmp_path, monkeypatch, isolated):
     ]
 
 
+@synthetic
 def test_lookup_order_data_dir_env_cache_system(tmp_path, monkeypatch, isolated):
     arg, env, system = tmp_path / "arg", tmp_path / "env", tmp_path / "sys"
     fakes = {
@@ -395,6 +408,7 @@ def test_lookup_order_data_dir_env_cache_system(tmp_path, monkeypatch, isolated)
     assert n_train_of(datasets.load("mnist", data_dir=arg)) == 2  # data_dir/<name>/
     assert n_train_of(datasets.load("mnist")) == 3  # NPVAE_DATA beats the cache
     (env / "t10k-labels-idx1-ubyte").unlink()
+    (tmp_path / "empty").mkdir()
     assert n_train_of(datasets.load("mnist", data_dir=tmp_path / "empty")) == 4
     monkeypatch.delenv("NPVAE_DATA")
     assert n_train_of(datasets.load("mnist")) == 5  # the cache
@@ -402,6 +416,7 @@ def test_lookup_order_data_dir_env_cache_system(tmp_path, monkeypatch, isolated)
     assert n_train_of(datasets.load("mnist")) == 6  # the system folder
 
 
+@synthetic
 def test_local_files_are_checked_structurally(tmp_path):
     make_fake(tmp_path / "d")
     bad = tmp_path / "d" / "train-labels-idx1-ubyte.gz"
@@ -420,7 +435,9 @@ def test_local_files_are_checked_structurally(tmp_path):
                     reason=f"{DEBIAN_FASHION} not here (apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_from_the_debian_package(monkeypatch):
     monkeypatch.setitem(datasets.SYSTEM_DIRS, "fashion-mnist", [DEBIAN_FASHION])
-    (x_train, y_train), (x_test, y_test) = datasets.load("fashion-mnist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", datasets.DatasetWarning)  # recognized: no warning
+        (x_train, y_train), (x_test, y_test) = datasets.load("fashion-mnist")
     assert x_train.shape == (60000, 784) and x_test.shape == (10000, 784)
     assert x_train.dtype == np.float32 and y_train.dtype == np.int64
     assert 0.0 <= x_train.min() and x_train.max() <= 1.0
@@ -428,9 +445,134 @@ def test_fashion_mnist_from_the_debian_package(monkeypatch):
     assert np.bincount(y_test).tolist() == [1000] * 10
 
 
+@pytest.mark.skipif(not datasets.Path(DEBIAN_FASHION).is_dir(),
+                    reason=f"{DEBIAN_FASHION} not here (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_files_are_refused_as_mnist():
+    with pytest.raises(DatasetError) as info:
+        datasets.load("mnist", data_dir=DEBIAN_FASHION)
+    path = datasets.Path(DEBIAN_FASHION) / "train-images-idx3-ubyte.gz"  # the first file read
+    assert str(info.value).startswith(f"{path}: expected mnist's training images")
+    assert "looks like fashion-mnist's training images, not mnist's" in str(info.value)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("missing", "data_dir: no such folder: {}"),
+    ("file", "data_dir: expected a folder, got a file: {}"),
+])
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_data_dir_must_be_a_folder(tmp_path, server, bad, message, name):
+    path = tmp_path / "no" / "such" if bad == "missing" else write(tmp_path / "f.gz", b"x", gz=False)
+    make_fake(datasets.cache_dir() / name)  # a complete fallback: it must not be used instead
+    with pytest.raises(ValueError) as info:
+        datasets.load(name, data_dir=path)
+    assert str(info.value) == message.format(path)
+    assert server.hits == []  # no download either
+
+
+# The real files' first ten labels and mean grey level (pixel / 255), by (dataset, split).
+# Fashion-MNIST's: computed from Debian's files; MNIST's: the well-known values.
+FIRST_LABELS = {
+    ("mnist", "train"): (5, 0, 4, 1, 9, 2, 1, 3, 1, 4), ("mnist", "test"): (7, 2, 1, 0, 4, 1, 4, 9, 5, 9),
+    ("fashion-mnist", "train"): (9, 0, 0, 3, 0, 2, 7, 2, 5, 5),
+    ("fashion-mnist", "test"): (9, 2, 1, 1, 6, 1, 4, 6, 5, 7),
+}
+MEAN_PIXEL = {("mnist", "train"): 0.1307, ("mnist", "test"): 0.1325,
+              ("fashion-mnist", "train"): 0.2860, ("fashion-mnist", "test"): 0.2868}
+
+
+def n_examples(n, kind, dataset=None, split=None, seed=0):
+    """``n`` labels or 28 x 28 images; with ``dataset``, the fingerprint of its ``split``: the
+    first ten labels, or pixels 0 or v (half each) whose mean is the known mean grey level."""
+    rng = np.random.default_rng(seed)
+    if kind == "labels":
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        if dataset is not None:
+            labels[:10] = FIRST_LABELS[dataset, split]
+        return labels
+    if dataset is None:
+        return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    v = round(2 * 255 * MEAN_PIXEL[dataset, split])
+    return np.where(rng.random((n, 28, 28)) < 0.5, v, 0).astype(np.uint8)
+
+
+def test_known_fingerprints():
+    for (name, split), first in FIRST_LABELS.items():
+        assert datasets.KNOWN_LABELS[name][split] == (60000 if split == "train" else 10000, first)
+    for (name, split), mean in MEAN_PIXEL.items():
+        assert datasets.KNOWN_MEAN_PIXEL[name][split] == (60000 if split == "train" else 10000, mean)
+    # the embedded subset is 10,000 real MNIST digits: its mean is MNIST's, not Fashion-MNIST's
+    images, _ = datasets.load_subset_arrays()
+    assert abs(images.mean() / 255 - MEAN_PIXEL["mnist", "train"]) < datasets.MEAN_PIXEL_TOLERANCE / 2
+
+
+TEST_FILES = {"images": "t10k-images-idx3-ubyte.gz", "labels": "t10k-labels-idx1-ubyte.gz"}
+
+
+@synthetic
+@pytest.mark.parametrize("kind", ["labels", "images"])
+@pytest.mark.parametrize("name, other", [("mnist", "fashion-mnist"), ("fashion-mnist", "mnist")])
+def test_a_file_of_the_other_dataset_is_refused_by_name(tmp_path, name, other, kind):
+    # The test split (10,000 examples) with the other dataset's fingerprint in one file, the
+    # rest small synthetic files: the same names and headers, only the content differs.
+    folder = tmp_path / "d"
+    make_fake(folder, n_test=10000, skip=tuple(TEST_FILES.values()))
+    fake = {"images": n_examples(10000, "images"), "labels": n_examples(10000, "labels")}
+    fake[kind] = n_examples(10000, kind, other, "test")
+    for k, fname in TEST_FILES.items():
+        write(folder / fname[: -len(".gz")], idx_bytes(fake[k]), gz=False)  # raw: fast
+    path = folder / TEST_FILES[kind][: -len(".gz")]
+    with pytest.raises(DatasetError) as info:
+        datasets.load(name, data_dir=folder)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: expected {name}'s test {kind} ")
+    assert f"this file looks like {other}'s test {kind}, not {name}'s" in msg
+    assert "\n" not in msg
+    if kind == "labels":
+        first = " ".join(map(str, FIRST_LABELS[other, "test"]))
+        assert f"got 10000 labels starting {first}" in msg
+
+
+def test_files_of_the_right_dataset_pass_and_unknown_ones_warn(tmp_path):
+    # mnist's test split fingerprint: recognized, no warning; the small synthetic training
+    # files: used, with one DatasetWarning each naming the file
+    folder = tmp_path / "d"
+    arrays = make_fake(folder, n_test=10000, skip=tuple(TEST_FILES.values()))
+    for kind, fname in TEST_FILES.items():
+        write(folder / fname, idx_bytes(n_examples(10000, kind, "mnist", "test")), gz=False)
+    with pytest.warns(datasets.DatasetWarning) as record:
+        (x_train, y_train), (x_test, y_test) = datasets.load("mnist", data_dir=folder)
+    messages = sorted(str(w.message) for w in record if w.category is datasets.DatasetWarning)
+    assert len(messages) == 2
+    assert messages[0].startswith(
+        f"{folder / 'train-images-idx3-ubyte.gz'}: not recognized as mnist's training images "
+        "(expected 60000 images of mean grey level 0.1307 +- 0.01, got 6 images of mean grey level ")
+    assert messages[1] == (
+        f"{folder / 'train-labels-idx1-ubyte.gz'}: not recognized as mnist's training labels "
+        "(expected 60000 labels starting 5 0 4 1 9 2 1 3 1 4, got 6 labels starting 0 1 2 3 4 5); "
+        "using it as it is")
+    assert all(w.filename == __file__ for w in record)  # points at the caller of load
+    np.testing.assert_array_equal(y_train, arrays["train-labels-idx1-ubyte.gz"])
+    assert x_test.shape == (10000, 784) and y_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+
+
+@synthetic
+@pytest.mark.parametrize("kind", ["images", "labels"])
+def test_a_file_without_examples_is_refused(tmp_path, kind):
+    folder = tmp_path / "d"
+    make_fake(folder)
+    shape = (0, 28, 28) if kind == "images" else (0,)
+    path = write(folder / f"train-{kind}-idx{len(shape)}-ubyte.gz", idx_bytes(np.zeros(shape, np.uint8)),
+                 gz=True)
+    assert datasets.read_idx(path).shape == shape  # a valid, empty IDX file
+    with pytest.raises(DatasetError) as info:
+        datasets.load("mnist", data_dir=folder)
+    assert str(info.value) == f"{path}: expected at least one {kind[:-1]}, got 0"
+
+
 # ---------------------------------------------------------------------------------------
 # Downloads, against a local HTTP server
 # ---------------------------------------------------------------------------------------
+@synthetic
 def test_download_lands_in_cache_and_loads(server, isolated):
     (x_train, y_train), (x_test, y_test) = datasets.load("mnist")
     assert sorted(server.hits) == sorted("/" + f for f in FILE_NAMES)
@@ -445,6 +587,7 @@ def test_download_lands_in_cache_and_loads(server, isolated):
     assert y_train.dtype == np.int64 and x_train.dtype == np.float32
 
 
+@synthetic
 def test_second_load_does_not_download_again(server):
     first = datasets.load("mnist")
     n = len(server.hits)
@@ -453,12 +596,14 @@ def test_second_load_does_not_download_again(server):
     np.testing.assert_array_equal(first[0][0], second[0][0])
 
 
+@synthetic
 def test_mirrors_are_tried_in_order(server, monkeypatch):
     monkeypatch.setitem(datasets.MIRRORS, "mnist", [server.url + "gone/", server.url])
     assert n_train_of(datasets.load("mnist")) == 6
     assert server.hits.count("/gone/train-images-idx3-ubyte.gz") == 1  # a 404, then the next
 
 
+@synthetic
 def test_corrupt_download_is_a_checksum_error_and_leaves_nothing(server, isolated):
     good = (server.root / "train-images-idx3-ubyte.gz").read_bytes()
     (server.root / "train-images-idx3-ubyte.gz").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
@@ -490,6 +635,180 @@ def test_offline_says_where_to_put_the_files(tmp_path, isolated, monkeypatch):
     assert "dataset-fashion-mnist" in msg
     assert files_under(isolated.cache) == []  # the failed download left no empty folder either
     assert not isolated.cache.exists()
+
+
+def test_mirrors_sizes_and_hashes_are_consistent():
+    for name, urls in REAL_MIRRORS.items():
+        schemes = [u.split("://")[0] for u in urls]
+        assert schemes == sorted(schemes, key=lambda x: x != "https"), urls  # https first
+        assert schemes[0] == "https" and all(u.endswith("/") for u in urls)
+        assert set(datasets.SIZES[name]) == set(datasets.SHA256[name]) == set(FILE_NAMES)
+    assert REAL_MIRRORS["fashion-mnist"][0] == (
+        "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/")
+    assert [datasets.SIZES["fashion-mnist"][f] for f in FILE_NAMES] == [26421880, 29515, 4422102, 5148]
+    assert [datasets.SIZES["mnist"][f] for f in FILE_NAMES] == [9912422, 28881, 1648877, 4542]
+
+
+@contextlib.contextmanager
+def http_server(respond):
+    """A ThreadingHTTPServer on 127.0.0.1 whose GET handler is ``respond(handler, stop)``;
+    ``stop`` (a threading.Event) is set on exit so that handlers still running end."""
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            with contextlib.suppress(OSError):  # the client hung up: fine
+                respond(self, stop)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def point_mnist_at(monkeypatch, url, size, data=b""):
+    """MIRRORS, SIZES and SHA256 of "mnist": every file at ``url``, ``size`` bytes, sha of data."""
+    monkeypatch.setitem(datasets.MIRRORS, "mnist", [url])
+    monkeypatch.setitem(datasets.SIZES, "mnist", dict.fromkeys(FILE_NAMES, size))
+    monkeypatch.setitem(datasets.SHA256, "mnist", dict.fromkeys(FILE_NAMES, hashlib.sha256(data).hexdigest()))
+
+
+@pytest.mark.parametrize("how", ["trickle", "stall"])
+def test_a_slow_download_is_abandoned_at_the_deadline(monkeypatch, isolated, how):
+    # before: no overall limit (1 byte every 2 s kept a download going for minutes)
+    deadline = 2.0 if how == "trickle" else 1.0
+    sent = []
+
+    def respond(handler, stop):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "5000")
+        handler.end_headers()
+        t0 = time.monotonic()
+        while not stop.is_set() and time.monotonic() - t0 < 10:  # bounded in time
+            if how == "trickle":
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+                sent.append(1)
+            stop.wait(0.2)
+
+    monkeypatch.setattr(datasets, "DOWNLOAD_TIMEOUT", deadline)
+    with http_server(respond) as url:
+        point_mnist_at(monkeypatch, url, 5000)
+        t0 = time.monotonic()
+        with pytest.raises(DatasetError) as info:
+            datasets.load("mnist")
+        elapsed = time.monotonic() - t0
+    assert deadline - 0.1 < elapsed < deadline + 1.5
+    msg = str(info.value)
+    assert f"{url}train-images-idx3-ubyte.gz: gave up after {deadline:g} s (DOWNLOAD_TIMEOUT) with " in msg
+    if how == "trickle":
+        assert len(sent) >= 5
+    assert not isolated.cache.exists()  # no temporary file, no folder left
+
+
+@pytest.mark.parametrize("how", ["endless", "announced", "short"])
+def test_a_download_of_the_wrong_size_stops_and_leaves_nothing(monkeypatch, isolated, how):
+    # before: an endless stream was read to the end (274 MB) before the hash check
+    sent = []
+
+    def respond(handler, stop):
+        handler.protocol_version = "HTTP/1.0"  # no Content-Length: the body ends when we close
+        handler.send_response(200)
+        if how == "announced":
+            handler.send_header("Content-Length", str(10**9))
+        handler.end_headers()
+        if how == "short":
+            handler.wfile.write(b"x" * 3000)
+            return
+        t0 = time.monotonic()
+        while not stop.is_set() and time.monotonic() - t0 < 10 and sum(sent) < 10**9:  # bounded
+            handler.wfile.write(b"x" * 65536)
+            sent.append(65536)
+
+    with http_server(respond) as url:
+        point_mnist_at(monkeypatch, url, 5000)
+        t0 = time.monotonic()
+        with pytest.raises(DatasetError) as info:
+            datasets.load("mnist")
+        assert time.monotonic() - t0 < 2
+    expected = {
+        "endless": "expected 5000 bytes, the server sent more (stopped reading at 5001)",
+        "announced": f"expected 5000 bytes, the server announced {10**9}",
+        "short": "expected 5000 bytes, the transfer ended after 3000",
+    }[how]
+    assert f"{url}train-images-idx3-ubyte.gz: {expected}" in str(info.value)
+    assert not isolated.cache.exists()
+
+
+def test_a_download_of_the_right_size_and_hash_lands(monkeypatch, isolated):
+    data = bytes(range(256)) * 20
+
+    def respond(handler, stop):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    monkeypatch.setattr(datasets, "DOWNLOAD_TIMEOUT", 5.0)
+    with http_server(respond) as url:
+        point_mnist_at(monkeypatch, url, len(data), data)
+        assert datasets.download("mnist") == isolated.cache / "mnist"
+    assert files_under(isolated.cache) == sorted(f"mnist/{f}" for f in FILE_NAMES)
+    assert all((isolated.cache / "mnist" / f).read_bytes() == data for f in FILE_NAMES)
+    with pytest.raises(ValueError, match="timeout: expected a number of seconds > 0, got 0"):
+        datasets.download("mnist", timeout=0)
+
+
+def test_an_unwritable_cache_is_reported_as_such(tmp_path, monkeypatch, server):
+    # before: "... could not be downloaded (no network?)"
+    blocker = write(tmp_path / "not-a-folder", b"", gz=False)
+    monkeypatch.setenv("NPVAE_CACHE", str(blocker))
+    with pytest.raises(DatasetError) as info:
+        datasets.load("mnist")
+    msg = str(info.value)
+    assert msg.startswith(f"{blocker / 'mnist'}: cannot write to the download cache (")
+    assert "NPVAE_CACHE=DIR" in msg and "no network" not in msg and "\n" not in msg
+    assert server.hits == []  # found out before going on the network
+    assert blocker.read_bytes() == b""
+
+
+@synthetic
+def test_a_cache_file_that_cannot_be_replaced_is_reported_and_leaves_no_temp(isolated, server):
+    target = isolated.cache / "mnist" / "train-images-idx3-ubyte.gz"
+    target.mkdir(parents=True)  # a folder where the file should go: os.replace fails, as root too
+    with pytest.raises(DatasetError) as info:
+        datasets.load("mnist")
+    assert str(info.value).startswith(f"{isolated.cache / 'mnist'}: cannot write to the download cache (")
+    assert server.hits == ["/train-images-idx3-ubyte.gz"]
+    assert files_under(isolated.cache) == []  # the downloaded bytes were not left in a temp file
+    target.rmdir()
+    assert n_train_of(datasets.load("mnist")) == 6
+
+
+# ---------------------------------------------------------------------------------------
+# Class names
+# ---------------------------------------------------------------------------------------
+def test_class_names():
+    digits = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+    assert datasets.class_names("mnist") == digits
+    assert datasets.class_names("mnist-subset") == digits
+    assert datasets.class_names("fashion-mnist") == (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    assert datasets.LABEL_KIND == {"mnist-subset": "digit", "mnist": "digit", "fashion-mnist": "class"}
+    for name in datasets.NAMES:
+        assert len(set(datasets.class_names(name))) == datasets.N_CLASSES
+    with pytest.raises(ValueError, match=r"^name: expected one of .*, got 'cifar'$"):
+        datasets.class_names("cifar")
 
 
 # ---------------------------------------------------------------------------------------
