@@ -14,15 +14,17 @@ Ctrl-C during training exits with 130 after saying where the last checkpoint is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
-from .io import atomic_open
+from .io import atomic_open, interrupts_deferred, remove_stale_parts
 
 TRAIN_DEFAULTS = {
     "dataset": "mnist-subset", "epochs": 30, "latent_dim": 20, "hidden": [400], "likelihood": "bernoulli",
@@ -85,17 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--kl-warmup", type=_nonnegative_int, default=None, metavar="EPOCHS",
                    help="epochs over which the KL weight rises from 0 to beta (default 0)")
     t.add_argument("--binarize", choices=("none", "static", "dynamic"), default=None, help="default none")
-    t.add_argument("--seed", type=int, default=None, help="default 0")
+    t.add_argument("--seed", type=_nonnegative_int, default=None, help="default 0")
     t.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="go on from a checkpoint (its settings, unless given here) up to --epochs")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its files go when this run saves its first epoch)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s_ = sub.add_parser("sample", help="decode draws from the prior into a PNG grid")
     s_.add_argument("--checkpoint", required=True)
     s_.add_argument("--n", type=_positive_int, default=64, help="how many samples (default 64)")
-    s_.add_argument("--out", default="samples.png", help="PNG file (default samples.png)")
-    s_.add_argument("--seed", type=int, default=0)
+    s_.add_argument("--out", default="samples.png", help="image file: .png, .pdf or .svg (default samples.png)")
+    s_.add_argument("--seed", type=_nonnegative_int, default=0)
 
     e = sub.add_parser("evaluate", help="-ELBO, log p(x) and active units on a test set")
     e.add_argument("--checkpoint", required=True)
@@ -104,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None)
     e.add_argument("--k", type=_positive_int, default=5000, help="importance samples per example (default 5000)")
     e.add_argument("--limit", type=_positive_int, default=None, help="use the first N test examples only")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=_nonnegative_int, default=0)
 
     sub.add_parser("info", help="show the backend, device, dtype and versions")
 
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--entries", type=_positive_int, default=None,
                    help="check this many entries per block, chosen at random (default: all)")
     g.add_argument("--tol", type=_positive_float, default=1e-6, help="largest relative error allowed (default 1e-6)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_nonnegative_int, default=0)
     return parser
 
 
@@ -155,100 +159,240 @@ def cmd_gradcheck(args) -> int:
     if report.passed(args.tol):
         print(f"PASS: largest relative error {report.max_error:.2e} <= {args.tol:g}")
         return 0
-    bad = [name for name, err in report.errors.items() if err > args.tol]
-    print(f"FAIL: largest relative error {report.max_error:.2e} > {args.tol:g} (blocks: {', '.join(bad) or 'directional'})")
+    print(f"FAIL: largest relative error {report.max_error:.2e} > {args.tol:g} or not finite "
+          f"(blocks: {', '.join(report.failed(args.tol))})")
     return 1
 
 
-def _resolve_train_settings(args):
-    """Each setting from the command line, else the resumed run's, else the default."""
-    saved = {}
-    if args.resume:
-        run_json = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "run.json")
+# The files a run writes into its folder (``--out``).
+RUN_FILES = ("checkpoint.npz", "history.csv", "run.json", "loss.png", "reconstructions.png", "samples.png",
+             "latent.png", "manifold.png")
+LOCK_FILE = ".npvae-train.lock"
+# checkpoint settings (fit's names) -> command-line settings
+FIT_TO_CLI = {"batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "beta": "beta",
+              "kl_warmup_epochs": "kl_warmup", "binarize": "binarize", "seed": "seed", "dataset": "dataset"}
+
+
+def _flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def _read_run_json(path) -> dict:
+    """The ``settings`` of a run.json, or a ValueError naming the file."""
+    try:
+        with open(path) as f:
+            run = json.load(f)
+        settings = run.get("settings", {}) if isinstance(run, dict) else None
+        if not isinstance(settings, dict):
+            raise ValueError("expected an object with an object 'settings'")
+        return settings
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable run.json ({exc})") from None
+
+
+def _saved_settings(model, checkpoint) -> dict:
+    """A checkpoint's run settings, in the command line's names. Checkpoints of format 1 did
+    not store the dataset's name: it comes from the run.json beside them, if there is one."""
+    settings = {FIT_TO_CLI[k]: v for k, v in model.train_state.settings.items() if k in FIT_TO_CLI}
+    if settings.get("dataset") is None:
+        run_json = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "run.json")
         if os.path.exists(run_json):
-            with open(run_json) as f:
-                saved = json.load(f).get("settings", {})
+            settings["dataset"] = _read_run_json(run_json).get("dataset")
+    return settings
+
+
+def _resolve_train_settings(args, model=None):
+    """Each setting from the command line, else the resumed checkpoint's, else the default.
+    When resuming, a setting given on the command line must equal the saved one (the run goes
+    on as it was), except --epochs and --lr."""
+    saved = _saved_settings(model, args.resume) if model is not None else {}
     settings = {}
     for key, default in TRAIN_DEFAULTS.items():
         given = getattr(args, key)
-        if args.resume and key in MODEL_FLAGS and given is not None:
-            raise ValueError(f"--{key.replace('_', '-')}: the model's shape comes from the checkpoint when "
-                             f"resuming; got --{key.replace('_', '-')} {given}")
-        settings[key] = given if given is not None else saved.get(key, default)
+        if model is not None and key in MODEL_FLAGS and given is not None:
+            raise ValueError(f"{_flag(key)}: the model's shape comes from the checkpoint when "
+                             f"resuming; got {_flag(key)} {given}")
+        if model is not None and given is not None and key not in ("epochs", "lr") and saved.get(key) is not None \
+                and given != saved[key]:
+            raise ValueError(f"{_flag(key)}: the run being resumed was trained with {saved[key]!r} and goes on with "
+                             f"it (start a new run to change it); got {given!r}")
+        settings[key] = given if given is not None else saved.get(key, default) if saved.get(key) is not None \
+            else default
+    if model is not None:
+        if saved.get("dataset") is None and args.dataset is None:
+            raise ValueError(f"--dataset: {args.resume} does not say which data it was trained on; give --dataset")
+        settings.update(latent_dim=model.latent_dim, hidden=list(model.hidden_dims), likelihood=model.likelihood,
+                        activation=model.activation)
     return settings
+
+
+def _check_out(out, args):
+    """Refuse an --out that holds another run, unless --overwrite (resuming into the run's own
+    folder is going on with that run)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out: {out} exists and is not a folder")
+    if args.resume and os.path.abspath(out) == os.path.dirname(os.path.abspath(args.resume)):
+        return
+    found = [name for name in RUN_FILES[:3] if os.path.exists(os.path.join(out, name))]
+    if found and not args.overwrite:
+        raise ValueError(f"--out: {out} already holds a run ({', '.join(found)}); choose another folder, go on "
+                         f"with it (--resume {os.path.join(out, 'checkpoint.npz')}) or replace it (--overwrite)")
+
+
+class _RunFolder:
+    """The output folder, held with a lock while training (a second ``npvae train`` into it is
+    refused), and cleared of a killed run's temporary files. A folder this run created is
+    removed again if nothing was written into it."""
+
+    def __init__(self, out):
+        self.out = out
+        self.created = not os.path.exists(out)
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, LOCK_FILE)
+        self.file = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            pass
+        except OSError:
+            self.file.seek(0)
+            pid = self.file.read().strip() or "?"
+            self.file.close()
+            raise ValueError(f"--out: another npvae train (pid {pid}) is writing into {out}; wait for it to "
+                             "finish or choose another folder") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        remove_stale_parts(out)
+
+    def release(self):
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+        self.file.close()  # closing releases the lock
+        if self.created and not os.listdir(self.out):
+            os.rmdir(self.out)
 
 
 def cmd_train(args) -> int:
     from . import datasets, plots
-    from .backend import Generator, to_numpy
+    from .backend import Generator, check_fits_in_memory, to_numpy
     from .checkpoint import load
     from .train import TrainingError, binarize_test_set, fit
-    from .vae import VAE
+    from .vae import VAE, parameter_count
 
-    settings = _resolve_train_settings(args)
+    # Everything is checked before anything is written.
+    model = None
     if args.resume:
         model = load(args.resume)
         if model.train_state is None:
             raise ValueError(f"--resume: {args.resume} holds a model without a training state; nothing to resume")
-        settings.update(latent_dim=model.latent_dim, hidden=list(model.hidden_dims), likelihood=model.likelihood,
-                        activation=model.activation)
-        out = args.out or os.path.dirname(os.path.abspath(args.resume))
-    else:
-        out = args.out or _timestamped_folder("runs")
+    settings = _resolve_train_settings(args, model)
+    out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else _timestamped_folder("runs"))
+    _check_out(out, args)
+    if model is None:
+        width = 28 * 28
+        check_fits_in_memory("--hidden", settings["hidden"],
+                             16 * parameter_count(width, settings["hidden"], settings["latent_dim"]))
     (x_train, y_train), (x_test, y_test) = datasets.load(settings["dataset"], data_dir=args.data_dir)
-    if not args.resume:
+    if model is None:
         model = VAE(x_train.shape[1], tuple(settings["hidden"]), settings["latent_dim"],
                     likelihood=settings["likelihood"], activation=settings["activation"], seed=settings["seed"])
-    os.makedirs(out, exist_ok=True)
-    with atomic_open(os.path.join(out, "run.json"), "w") as f:  # a resumed run's run.json is never half-written
-        json.dump({"settings": settings, "backend": model.backend.name, "model": model.config}, f, indent=2)
     ckpt, csv = os.path.join(out, "checkpoint.npz"), os.path.join(out, "history.csv")
-    print(f"{model}\ntraining on {settings['dataset']} ({x_train.shape[0]} train, {x_test.shape[0]} test), "
-          f"backend {model.backend.name}, writing to {out}")
+    # where the last complete epoch is saved, and which epoch is being saved (None: none)
+    saved = {"path": args.resume, "epoch": model.train_state.epoch if args.resume else 0, "saving": None}
 
     def after_epoch(model, row):
-        model.save(ckpt)
-        model.train_state.history.to_csv(csv)
+        saved["saving"] = row["epoch"]
+        with interrupts_deferred():  # the checkpoint, its history and run.json: all or none
+            if saved["path"] != ckpt and args.overwrite:  # the first save replaces the old run
+                for name in RUN_FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(out, name))
+            model.save(ckpt)
+            saved.update(path=ckpt, epoch=row["epoch"])
+            model.train_state.history.to_csv(csv)
+            with atomic_open(os.path.join(out, "run.json"), "w") as f:
+                json.dump({"settings": settings, "backend": model.backend.name, "model": model.config}, f, indent=2)
+        saved["saving"] = None
         print(f"epoch {row['epoch']:>3}/{settings['epochs']}  -ELBO {row['loss']:8.2f} "
               f"(reconstruction {row['reconstruction']:8.2f} + KL {row['kl']:6.2f})  "
               f"test {row['test_loss']:8.2f}  {row['seconds']:5.1f} s", flush=True)
 
-    started = time.perf_counter()
+    folder = _RunFolder(out)
     try:
-        history = fit(model, x_train, x_test, epochs=settings["epochs"], batch_size=settings["batch_size"],
-                      optimizer=settings["optimizer"], lr=settings["lr"], beta=settings["beta"],
-                      kl_warmup_epochs=settings["kl_warmup"], binarize=settings["binarize"], seed=settings["seed"],
-                      progress=not args.no_progress, callbacks=[after_epoch], resume=bool(args.resume))
+        _check_out(out, args)  # again, now that the folder is ours
+        print(f"{model}\ntraining on {settings['dataset']} ({x_train.shape[0]} train, {x_test.shape[0]} test), "
+              f"backend {model.backend.name}, writing to {out}")
+        started = time.perf_counter()
+        fit_settings = {"lr": settings["lr"], "dataset": settings["dataset"]} if args.resume else {
+            "batch_size": settings["batch_size"], "optimizer": settings["optimizer"], "lr": settings["lr"],
+            "beta": settings["beta"], "kl_warmup_epochs": settings["kl_warmup"], "binarize": settings["binarize"],
+            "seed": settings["seed"], "dataset": settings["dataset"]}
+        history = fit(model, x_train, x_test, epochs=settings["epochs"], progress=not args.no_progress,
+                      callbacks=[after_epoch], resume=bool(args.resume), **fit_settings)
     except TrainingError as exc:
         print(f"npvae train: training stopped: {exc}", file=sys.stderr)
-        if os.path.exists(ckpt):
-            print(f"npvae train: the checkpoint of the last complete epoch is {ckpt}", file=sys.stderr)
+        print(f"npvae train: {_what_is_saved(saved)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        done = model.train_state.epoch if model.train_state else 0
-        if done == 0:
-            print("\nnpvae train: interrupted during epoch 1; no epoch was complete, nothing saved", file=sys.stderr)
+        state = model.train_state
+        if saved["saving"] is not None:
+            during = f"while saving epoch {saved['saving']}"
+        elif state is not None and state.epoch > saved["epoch"]:
+            during = f"after epoch {state.epoch}, before it was saved"
         else:
-            print(f"\nnpvae train: interrupted during epoch {done + 1}; epochs 1-{done} are saved in {ckpt}. "
-                  f"Go on with: npvae train --resume {ckpt} --epochs {settings['epochs']}", file=sys.stderr)
+            during = f"during epoch {saved['epoch'] + 1}"
+        resume = ""
+        if saved["path"] and saved["epoch"] < settings["epochs"]:
+            resume = f" Go on with: npvae train --resume {saved['path']} --epochs {settings['epochs']}"
+        print(f"\nnpvae train: interrupted {during}; {_what_is_saved(saved)}.{resume}", file=sys.stderr)
         return 130
+    finally:
+        folder.release()
 
-    figures = {"loss.png": lambda p: plots.plot_history(history, p)}
-    x_show = binarize_test_set(model.check_x(x_test[:10]), settings["binarize"], settings["seed"])
-    figures["reconstructions.png"] = lambda p: plots.plot_reconstructions(x_show, model.reconstruct(x_show), p)
-    figures["samples.png"] = lambda p: plots.plot_samples(model.sample(64, rng=Generator(settings["seed"])), p)
-    mu = to_numpy(model.encode(x_test)[0])
-    figures["latent.png"] = lambda p: plots.plot_latent(mu, y_test, p)
-    if model.latent_dim == 2:
-        figures["manifold.png"] = lambda p: plots.plot_manifold(model, p)
-    for name, draw in figures.items():
-        draw(os.path.join(out, name))
+    try:
+        figures = _train_figures(model, history, settings, x_test, y_test)
+        for name, draw in figures.items():
+            draw(os.path.join(out, name))
+    except KeyboardInterrupt:
+        print(f"\nnpvae train: interrupted while drawing the figures; training is complete and saved in {ckpt} "
+              f"(npvae sample and npvae evaluate work on it)", file=sys.stderr)
+        return 130
     last = history[-1]
     print(f"done in {time.perf_counter() - started:.0f} s: test -ELBO {last['test_loss']:.2f} nats after "
           f"{last['epoch']} epochs")
     for name in ["checkpoint.npz", "history.csv", "run.json", *figures]:
         print(f"  {os.path.join(out, name)}")
     return 0
+
+
+def _what_is_saved(saved) -> str:
+    if not saved["path"]:
+        return "no epoch was complete, nothing is saved"
+    epochs = "epoch 1 is" if saved["epoch"] == 1 else f"epochs 1-{saved['epoch']} are"
+    return f"{epochs} saved in {saved['path']}"
+
+
+def _train_figures(model, history, settings, x_test, y_test) -> dict:
+    """name -> function(path) drawing it, for the figures of a finished run."""
+    from . import datasets, plots
+    from .backend import Generator, to_numpy
+    from .train import binarize_test_set
+
+    figures = {"loss.png": lambda p: plots.plot_history(history, p)}
+    x_show = binarize_test_set(model.check_x(x_test[:10]), settings["binarize"], settings["seed"])
+    figures["reconstructions.png"] = lambda p: plots.plot_reconstructions(x_show, model.reconstruct(x_show), p)
+    figures["samples.png"] = lambda p: plots.plot_samples(model.sample(64, rng=Generator(settings["seed"])), p)
+    mu = to_numpy(model.encode(x_test)[0])
+    names = datasets.class_names(settings["dataset"])
+    kind = "digit" if settings["dataset"] in ("mnist", "mnist-subset") else "class"
+    figures["latent.png"] = lambda p: plots.plot_latent(mu, y_test, p, label_name=kind, class_names=names)
+    if model.latent_dim == 2:
+        figures["manifold.png"] = lambda p: plots.plot_manifold(model, p)
+    return figures
 
 
 def _timestamped_folder(parent):
@@ -262,10 +406,12 @@ def _timestamped_folder(parent):
 
 def cmd_sample(args) -> int:
     from . import plots
-    from .backend import Generator
+    from .backend import Generator, check_fits_in_memory
     from .checkpoint import load
 
+    plots.figure_format(args.out, name="--out")  # before any work
     model = load(args.checkpoint)
+    check_fits_in_memory("--n", args.n, 4 * args.n * model.input_dim * (8 if model.dtype == "float64" else 4))
     samples = model.sample(args.n, rng=Generator(args.seed))
     side = int(math.ceil(math.sqrt(args.n)))
     plots.plot_samples(samples, args.out, grid=side, image_shape=_image_shape(model))
@@ -287,12 +433,10 @@ def cmd_evaluate(args) -> int:
     from .train import binarize_test_set
 
     model = load(args.checkpoint)
-    run_json = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "run.json")
-    settings = {}
-    if os.path.exists(run_json):
-        with open(run_json) as f:
-            settings = json.load(f).get("settings", {})
-    name = args.dataset or settings.get("dataset", "mnist-subset")
+    settings = _saved_settings(model, args.checkpoint) if model.train_state is not None else {}
+    name = args.dataset or settings.get("dataset")
+    if name is None:
+        raise ValueError(f"--dataset: {args.checkpoint} does not say which data it was trained on; give --dataset")
     _, (x_test, _) = datasets.load(name, data_dir=args.data_dir)
     if args.limit:
         x_test = x_test[: args.limit]
@@ -317,11 +461,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from .backend import BackendError
 
-    try:
-        return COMMANDS[args.command](args)
-    except (BackendError, ValueError, OSError) as exc:
-        print(f"npvae {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"npvae {args.command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's overflow notes: a TrainingError says more
+        try:
+            return COMMANDS[args.command](args)
+        except (BackendError, ValueError, OSError) as exc:
+            print(f"npvae {args.command}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,14 +2,26 @@
 
 ``atomic_open(path)`` writes into a temporary file in the same folder and renames it over
 ``path`` only when the writing finished (``os.replace`` is atomic on POSIX and Windows). On
-any error the temporary file is removed and ``path`` is untouched.
+any error the temporary file is removed and ``path`` is untouched. The new file gets the
+permissions an ordinary ``open`` would give it (0666 less the umask), or those of the file it
+replaces.
+
+A process killed outright (SIGKILL, power loss) cannot remove its temporary file:
+``remove_stale_parts(folder)`` deletes such leftovers (``.<name>.*.part``) once nothing is
+writing there any more (``npvae train`` calls it after taking its folder's lock).
+
+``interrupts_deferred()`` holds Ctrl-C back for the few lines that write a set of files that
+belong together (a checkpoint and its history), then delivers it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import signal
 import tempfile
+import threading
 
 
 @contextlib.contextmanager
@@ -20,6 +32,7 @@ def atomic_open(path, mode="wb"):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".part")
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600 files
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -29,3 +42,41 @@ def atomic_open(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def _mode_for(path) -> int:
+    """The permission bits of the file being replaced, else 0666 less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def remove_stale_parts(folder) -> list[str]:
+    """Delete the temporary files that ``atomic_open`` left in ``folder`` when its process was
+    killed; returns their paths. Call it only while no one else writes into ``folder``."""
+    removed = []
+    for part in glob.glob(os.path.join(glob.escape(os.fspath(folder)), ".*.part")):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(part)
+            removed.append(part)
+    return removed
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Inside the block, Ctrl-C (SIGINT) is noted, not raised; on leaving it, a noted Ctrl-C
+    raises ``KeyboardInterrupt``. Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if noted:
+        raise KeyboardInterrupt

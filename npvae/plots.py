@@ -22,6 +22,7 @@ in [0, 1], shown in grey from black (0) to white (1).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from statistics import NormalDist
 
@@ -73,8 +74,22 @@ def _as_images(name, a, image_shape) -> np.ndarray:
     )
 
 
+FORMATS = ("png", "pdf", "svg")  # what save_figure writes, chosen by the file name's ending
+
+
+def figure_format(path, name="path") -> str:
+    """The image format ``path``'s ending asks for (``"png"``, ``"pdf"`` or ``"svg"``), or a
+    ValueError naming ``name``: a file must hold what its name says."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        endings = ", ".join("." + f for f in FORMATS)
+        raise ValueError(f"{name}: expected a file name ending in {endings}, got {os.fspath(path)!r}")
+    return suffix
+
+
 def save_figure(fig: Figure, path, dpi: int = DPI) -> Path:
-    """Write ``fig`` as a PNG at ``path``, atomically, and return the path.
+    """Write ``fig`` at ``path`` as a PNG, PDF or SVG (by its ending), atomically, and return
+    the path.
 
     The parent folders are created; the PNG goes to a hidden temporary file in the same
     folder first and is then renamed over ``path`` (``os.replace``), so ``path`` holds
@@ -83,8 +98,9 @@ def save_figure(fig: Figure, path, dpi: int = DPI) -> Path:
     notebook shows figures).
     """
     path = Path(path)
+    fmt = figure_format(path)
     with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
+        fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     return path
 
 
@@ -273,13 +289,17 @@ def _pca2(mu):
     return centred @ vt.T, share
 
 
-def plot_latent(mu, labels, path=None, dpi=DPI, label_name="digit", max_points=None, seed=0) -> Figure:
+def plot_latent(mu, labels, path=None, dpi=DPI, label_name="digit", max_points=None, seed=0,
+                class_names=None) -> Figure:
     """The posterior means mu(x) of a data set, coloured by class.
 
     Args:
         mu: (N, Z) latent means, e.g. ``model.encode(x)[0]``.
         labels: (N,) integer classes (digits 0-9), or None for one colour.
         label_name: what a label is, for the legend's title.
+        class_names: the name of each class, indexed by label (e.g.
+            ``datasets.class_names("fashion-mnist")``: "T-shirt/top", "Trouser", ...); None
+            shows the labels themselves.
         max_points: plot a random subset of this many points (None: all).
         seed: for that subset and for the jitter of the Z=1 strips.
     Returns:
@@ -311,8 +331,10 @@ def plot_latent(mu, labels, path=None, dpi=DPI, label_name="digit", max_points=N
     colors = {c: palette(i % palette.N) for i, c in enumerate(classes)}
     point = {"s": 6, "alpha": 0.6, "linewidths": 0, "rasterized": True}
 
-    def fmt(c):  # 3.0 -> "3"; other labels as they are
-        if isinstance(c, (float, np.floating)) and float(c).is_integer():
+    def fmt(c):  # 3.0 -> "3" (or class_names[3]); other labels as they are
+        if isinstance(c, (float, np.floating, int, np.integer)) and float(c).is_integer():
+            if class_names is not None and 0 <= int(c) < len(class_names):
+                return str(class_names[int(c)])
             return str(int(c))
         return str(c)
 

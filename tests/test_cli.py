@@ -141,7 +141,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path, monkeypatc
     out = tmp_path / "r"
     assert cli.main(["train", "--epochs", "5", "--out", str(out), *SMALL]) == 130
     err = capsys.readouterr().err
-    assert "interrupted during epoch 2; epochs 1-1 are saved in" in err
+    assert "interrupted during epoch 2; epoch 1 is saved in" in err
     assert f"npvae train --resume {out / 'checkpoint.npz'} --epochs 5" in err
     import npvae
 

@@ -271,3 +271,34 @@ def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
         plots.save_figure(Broken(), path)
     assert path.read_bytes() == before
     only_file(tmp_path, "history.png")
+
+
+# ---------------------------------------------------------------------------------------
+# Formats and class names (issue 10)
+# ---------------------------------------------------------------------------------------
+FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+@pytest.mark.parametrize("z_dim", [1, 2])
+def test_plot_latent_names_the_classes(rng, z_dim):
+    labels = np.repeat(np.arange(10), 5)
+    fig = plots.plot_latent(rng.standard_normal((50, z_dim)), labels, label_name="class", class_names=FASHION)
+    ax = fig.axes[0]
+    texts = ax.get_yticklabels() if z_dim == 1 else ax.get_legend().get_texts()
+    assert [t.get_text() for t in texts] == list(FASHION)
+    if z_dim == 2:
+        assert ax.get_legend().get_title().get_text() == "class"
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", PNG_SIGNATURE), (".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_the_file_holds_what_its_name_says(tmp_path, suffix, magic):
+    # Before: every file got PNG bytes, whatever its name (samples.pdf was a PNG).
+    path = tmp_path / f"samples{suffix}"
+    plots.plot_samples(np.full((4, 784), 0.5), path, grid=2)
+    assert path.read_bytes()[: len(magic)] == magic
+
+
+def test_an_unknown_ending_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"path: expected a file name ending in .png, .pdf, .svg, got '.*samples.jpeg'"):
+        plots.plot_samples(np.full((4, 784), 0.5), tmp_path / "samples.jpeg", grid=2)
+    assert list(tmp_path.iterdir()) == []
