@@ -223,7 +223,7 @@ class VAE:
         gradient check compares ``loss_and_grads`` against an independent computation.
         eps (N, Z) is required: a finite difference needs the same noise on both sides.
         """
-        x = self.check_x(x)
+        x = self._check_batch(x)
         eps = self._check_array("eps", eps, self.latent_dim)
         mu, logvar, _ = self._encode(x)
         z, _ = dist.reparameterize(mu, logvar, eps)
@@ -243,7 +243,7 @@ class VAE:
         Returns:
             ``LossAndGrads``: loss = reconstruction + beta * kl, grads (P,) = ``model.grads``.
         """
-        x = self.check_x(x)
+        x = self._check_batch(x)
         if eps is not None:
             eps = self._check_array("eps", eps, self.latent_dim)
             if eps.shape[0] != x.shape[0]:
@@ -313,6 +313,13 @@ class VAE:
                 raise ValueError(
                     f"x: expected values in [0, 1] for likelihood='bernoulli', got min {lo:g}, max {hi:g}"
                 )
+        return x
+
+    def _check_batch(self, x):
+        """``check_x``, and at least one row: a loss is a mean over the batch."""
+        x = self.check_x(x)
+        if int(x.shape[0]) == 0:
+            raise ValueError("x: expected at least one row (the loss is a mean over the batch), got 0")
         return x
 
     def _check_array(self, name, a, width):

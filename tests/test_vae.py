@@ -272,3 +272,11 @@ def test_a_model_too_large_for_memory_is_refused_before_allocating():
         npvae.VAE(784, (10**10,), 2)
     with pytest.raises(ValueError, match=r"input_dim: 1000000000000000 needs"):
         npvae.VAE(10**15, (), 2)
+
+
+def test_a_loss_of_no_rows_is_refused():
+    # Before: loss_and_grads raised ZeroDivisionError and loss returned nan.
+    model = npvae.VAE(6, (4,), 2)
+    for use in (lambda: model.loss_and_grads(np.zeros((0, 6))), lambda: model.loss(np.zeros((0, 6)), np.zeros((0, 2)))):
+        with pytest.raises(ValueError, match=r"x: expected at least one row \(the loss is a mean over the batch\), got 0"):
+            use()
