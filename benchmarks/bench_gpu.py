@@ -79,8 +79,7 @@ def npvae_runner(x_host, batch_size, device):
         j = i % n_batches
         xb = x[j * batch_size : (j + 1) * batch_size]
         eps = rng.standard_normal((batch_size, 20), dtype="float32")
-        res = model._loss_and_grads(xb, eps, 1.0)  # what fit runs on checked input
-        opt.step(res.grads)
+        opt.step(model.backward(model.forward(xb, eps), 1.0))  # what fit runs on checked input
 
     return step, (CudaTimer(be.xp) if device == "cuda" else wall_timer), be.description
 
@@ -105,7 +104,7 @@ def breakdown(x_host, batch_size, steps, repeats):
     eps = rng.standard_normal((batch_size, 20), dtype="float32")
     parts = {
         "eps: draw on the host, copy to the GPU": lambda: rng.standard_normal((batch_size, 20), dtype="float32"),
-        "forward + backward (model._loss_and_grads)": lambda: model._loss_and_grads(xb, eps, 1.0),
+        "forward + backward (model.forward, model.backward)": lambda: model.backward(model.forward(xb, eps), 1.0),
         "Adam (one fused kernel)": lambda: opt.step(model.grads),
     }
     for name, fn in parts.items():
@@ -114,7 +113,7 @@ def breakdown(x_host, batch_size, steps, repeats):
         print(f"| {batch_size} | {name} | {host_ms:.3f} | {gpu_ms:.3f} |", flush=True)
 
     def step_with_eps_on_gpu(i):
-        opt.step(model._loss_and_grads(xb, eps, 1.0).grads)
+        opt.step(model.backward(model.forward(xb, eps), 1.0))
 
     timer = CudaTimer(cupy)
     timer(step_with_eps_on_gpu, 20)

@@ -105,8 +105,7 @@ def breakdown(model, x, batch_size, reps=40):
     opt = model.train_state.optimizer
 
     def full_step():
-        res = model._loss_and_grads(xb, eps, 1.0)
-        opt.step(res.grads)
+        opt.step(model.backward(model.forward(xb, eps), 1.0))  # what fit runs on checked input
 
     # The step's products: forward x @ W for every Dense; backward x^T @ dout for every
     # Dense and dout @ W^T for every Dense except the first.

@@ -4,22 +4,33 @@
     model = npvae.VAE(input_dim=784, hidden_dims=(400,), latent_dim=20)
     res = model.loss_and_grads(x)        # -ELBO, its two terms, and d(-ELBO)/d params
 
-Modules, one idea each: ``backend`` (NumPy / CuPy / strict), ``layers``, ``distributions``,
-``vae``, ``optim``, ``train``, ``metrics``, ``datasets``, ``checkpoint``, ``plots``,
-``gradcheck``, ``cli``.
+The teaching modules hold the math, each equation once, forward above backward:
+``layers``, ``distributions``, ``vae``, ``optim`` (on top of ``backend``, ``random``,
+``checks`` and ``replaceable``). Around them: ``train``, ``metrics``, ``datasets``,
+``checkpoint``, ``plots``, ``gradcheck``, ``cli``. Above them all, ``npvae.fast`` replaces a
+few hot textbook functions by faster ones with the same results, for NumPy and CuPy arrays;
+``NPVAE_FAST=0`` (or ``with npvae.textbook(): ...``) runs exactly the textbook code.
 """
 
+import os
+
 from . import backend, datasets, distributions, gradcheck, layers, optim
-from .backend import Generator, asarray, get_backend, set_backend, to_numpy
-from .checkpoint import CheckpointError, load
-from .metrics import active_units, evaluate, log_likelihood
+from .backend import asarray, get_backend, set_backend, to_numpy
+from .checkpoint import CheckpointError, load, save
+from .metrics import active_units, evaluate, log_marginal_likelihood
+from .random import Generator
+from .replaceable import textbook
 from .train import History, TrainingError, fit
 from .vae import VAE, LossAndGrads
+
+if os.environ.get("NPVAE_FAST", "1").strip() != "0":
+    from . import fast  # noqa: F401  (registers the fast paths; see npvae.replaceable)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "LossAndGrads", "Generator", "asarray", "to_numpy", "get_backend", "set_backend",
-    "fit", "load", "CheckpointError", "History", "TrainingError", "evaluate", "log_likelihood", "active_units",
-    "backend", "layers", "distributions", "gradcheck", "optim", "datasets", "__version__",
+    "fit", "load", "save", "CheckpointError", "History", "TrainingError", "evaluate", "log_marginal_likelihood",
+    "active_units", "textbook", "backend", "layers", "distributions", "gradcheck", "optim", "datasets",
+    "__version__",
 ]

@@ -20,9 +20,8 @@ The pieces other modules use:
 - ``asarray(a, dtype=None)``: anything array-like onto the active backend and device;
   ``to_numpy(a)``: back to a host NumPy array. These are the *edges*: data comes in through
   ``asarray``, plots and files go out through ``to_numpy``.
-- ``Generator(seed)``: a seeded random generator that works on every backend. It draws on
-  the host with NumPy's PCG64 and moves the numbers to the device, so one seed gives the
-  same numbers on numpy, strict and cupy.
+- ``array_namespace(*arrays)``: the namespace arrays belong to, so a function runs
+  unchanged on any backend (random numbers live in ``npvae.random``).
 - the dtype policy: ``DEFAULT_DTYPE = "float32"`` for training; ``"float64"`` for checks.
 
 Switch in-process with ``set_backend("strict")`` (tests do), or read ``get_backend()``.
@@ -31,7 +30,6 @@ Switch in-process with ``set_backend("strict")`` (tests do), or read ``get_backe
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,153 +244,3 @@ def array_namespace(*arrays):
         if module == "array_api_strict":
             return importlib.import_module("array_api_strict")
     return get_backend().xp
-
-
-# ---------------------------------------------------------------------------------------
-# Random numbers
-# ---------------------------------------------------------------------------------------
-class Generator:
-    """A seeded random generator that gives the same numbers on every backend.
-
-    It draws on the host with ``numpy.random.default_rng(seed)`` (PCG64) and puts the result
-    on the backend's device, so results are reproducible across numpy, strict and cupy.
-    Nothing here reads NumPy's hidden global random state.
-
-    >>> rng = Generator(0)
-    >>> eps = rng.standard_normal((128, 20))   # on the active backend, float32
-    """
-
-    def __init__(self, seed=None, backend: Backend | None = None):
-        self.backend = backend or get_backend()
-        self.host = np.random.default_rng(seed)
-        self._to_device = _PinnedUploads(self.backend) if self.backend.name == "cupy" else self.backend.asarray
-
-    def standard_normal(self, shape, dtype=None):
-        """Draws of N(0, 1) of the given shape, as ``dtype`` (default float32)."""
-        name = DEFAULT_DTYPE if dtype is None else dtype
-        values = self.host.standard_normal(shape, dtype=np.dtype(name))
-        return self._to_device(values)
-
-    def uniform(self, shape, low=0.0, high=1.0, dtype=None):
-        """Draws of U[low, high) of the given shape, as ``dtype`` (default float32)."""
-        name = DEFAULT_DTYPE if dtype is None else dtype
-        values = self.host.uniform(low, high, size=shape).astype(name)
-        return self._to_device(values)
-
-    def permutation(self, n: int):
-        """A random permutation of ``0..n-1`` as an integer array on the backend."""
-        return self._to_device(self.host.permutation(int(n)))
-
-
-class _PinnedUploads:
-    """Host-to-GPU copies of a Generator's draws that do not make the host wait (CuPy only).
-
-    A copy from ordinary (pageable) host memory first waits until the GPU has finished all
-    the work queued before it. A training loop queues step i+1 while the GPU still runs step
-    i, so copying eps over stalled it at every step (measured on an H100: a step of 3.18 ms
-    at batch 1024 took 2.15 ms with eps already on the GPU). A copy from page-locked
-    ("pinned") host memory is queued on the stream like a kernel instead. The host must not
-    overwrite a pinned buffer before its copy has run, so SLOTS buffers are used in turn,
-    each with an event recorded after its last copy; draws above MAX_BYTES (a whole data
-    set's worth of binarization noise) take the ordinary copy, to keep pinned memory small.
-    """
-
-    SLOTS = 4
-    MAX_BYTES = 1 << 22  # 4 MiB
-
-    def __init__(self, backend: Backend):
-        self.backend, self.cupy = backend, backend.xp
-        self.slots = [(None, None)] * self.SLOTS  # (pinned bytes, event after their last copy)
-        self.next = 0
-
-    def __call__(self, values: np.ndarray):
-        if not 0 < values.nbytes <= self.MAX_BYTES:
-            return self.backend.asarray(values)
-        cupy, i = self.cupy, self.next
-        self.next = (i + 1) % self.SLOTS
-        pinned, copied = self.slots[i]
-        if copied is not None:
-            copied.synchronize()  # its copy, SLOTS draws ago, has run: free to overwrite
-        if pinned is None or pinned.nbytes < values.nbytes:
-            pinned = np.frombuffer(cupy.cuda.alloc_pinned_memory(values.nbytes), np.uint8, values.nbytes)
-        staged = pinned[: values.nbytes].view(values.dtype).reshape(values.shape)
-        staged[...] = values
-        out = cupy.empty(values.shape, dtype=values.dtype)
-        out.set(staged, stream=cupy.cuda.get_current_stream())  # queued, not waited for
-        copied = cupy.cuda.Event(disable_timing=True)
-        copied.record()
-        self.slots[i] = (pinned, copied)
-        return out
-
-
-def spawn_seeds(seed, n):
-    """n independent seeds derived from one (NumPy's SeedSequence.spawn): each random stream
-    of npvae (initialization, eps, data order...) gets its own, all fixed by ``seed``."""
-    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    return root.spawn(n)
-
-
-def is_integer(value) -> bool:
-    """True for Python and NumPy integers, not for bools."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def check_int(name, value, minimum=1) -> int:
-    """``value`` as an int, or a ValueError naming ``name``, what was expected and what came."""
-    if not is_integer(value) or value < minimum:
-        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
-        raise ValueError(f"{name}: expected {kind}, got {value!r}")
-    return int(value)
-
-
-def check_real(name, value, minimum=None, strictly_above=None) -> float:
-    """``value`` as a float (Python or NumPy real, not bool), or a ValueError naming ``name``:
-    finite, and ``>= minimum`` / ``> strictly_above`` when those are given."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(float(value))
-    ok = ok and (minimum is None or float(value) >= minimum)
-    ok = ok and (strictly_above is None or float(value) > strictly_above)
-    if not ok:
-        kind = ("a positive number" if strictly_above == 0 else "a non-negative number" if minimum == 0
-                else "a finite number")
-        raise ValueError(f"{name}: expected {kind}, got {value!r}")
-    return float(value)
-
-
-def memory_bytes() -> int:
-    """This machine's physical memory in bytes (0 if it cannot be told)."""
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return 0
-
-
-def check_fits_in_memory(name, value, nbytes):
-    """A ValueError naming ``name`` (and its ``value``) when ``nbytes`` exceeds this machine's
-    memory: asked before allocating, so a typo like ``--hidden 10000000000`` gets one clear
-    line instead of a MemoryError (or the kernel's OOM killer) later."""
-    total = memory_bytes()
-    if total and nbytes > total:
-        raise ValueError(f"{name}: {value!r} needs {nbytes / 2**30:.1f} GiB, more than this machine's "
-                         f"{total / 2**30:.1f} GiB of memory")
-
-
-def info() -> dict:
-    """What ``npvae info`` prints: backend, device, dtype and versions."""
-    import platform
-
-    be = get_backend()
-    out = {
-        "backend": be.name,
-        "device": str(be.device),
-        "description": be.description,
-        "default dtype": DEFAULT_DTYPE,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-    for pkg in ("array_api_strict", "cupy", "matplotlib", "tqdm"):
-        try:
-            out[pkg] = importlib.import_module(pkg).__version__
-        except Exception:
-            out[pkg] = "not installed"
-    return out

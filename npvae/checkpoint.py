@@ -1,6 +1,6 @@
 """Checkpoints: a model, its optimizer and its training progress in one ``.npz`` file.
 
-    model.save("run/checkpoint.npz")        # or npvae.checkpoint.save(model, path)
+    npvae.save(model, "run/checkpoint.npz")
     model = npvae.load("run/checkpoint.npz")
     npvae.fit(model, x, epochs=20, resume=True)   # goes on exactly where it stopped
 
@@ -12,15 +12,17 @@ everything needed to resume or evaluate the run (fit's settings, the data set's 
 =================  =====================================================================
 ``meta``           a JSON string, the object below
 ``params``         the flat parameter vector (P,), real floating point, finite
-``opt.<buffer>``   the optimizer's state arrays (P,) each, e.g. ``opt.m_sum``, ``opt.v_sum``
-                   (finite; second moments ``sum_sq``, ``v_sum`` >= 0)
+``opt.<buffer>``   the optimizer's state arrays (P,) each, e.g. Adam's ``opt.m``, ``opt.v``
+                   (finite; second moments ``sum_sq``, ``v`` >= 0). Version 1 files may hold
+                   Adam's running sums ``opt.m_sum``, ``opt.v_sum`` instead (converted on load)
 =================  =====================================================================
 
 ``meta`` (version 2; the training keys are there exactly when the model has a training state):
 
 =================  =====================================================================
 ``format``         ``"npvae-checkpoint"``
-``version``        2 (version 1 files still load: their settings lack ``dataset``)
+``version``        2 (version 1 files still load: their settings lack ``dataset``, and
+                   their Adam state is the running sums ``m_sum``, ``v_sum``)
 ``config``         the model's arguments: input_dim, hidden_dims, latent_dim, likelihood,
                    activation, dtype, seed (an integer >= 0 or null)
 ``blocks``         the layout of ``params``: [name, start, stop, shape] per block
@@ -56,7 +58,9 @@ import zlib
 
 import numpy as np
 
-from .backend import DTYPES, Generator, get_backend, memory_bytes, to_numpy
+from .backend import DTYPES, get_backend, to_numpy
+from .checks import memory_bytes
+from .random import Generator
 from .io import atomic_open
 
 FORMAT = "npvae-checkpoint"
@@ -545,8 +549,8 @@ def _expected_arrays(meta) -> list:
     if opt is None:
         return [base]
     names = [base | {f"opt.{b}" for b in OPTIMIZERS[opt["name"]].buffers}]
-    if opt["name"] == "adam":
-        names.append(base | {"opt.m", "opt.v"})  # npvae before Adam's running sums
+    if opt["name"] == "adam" and meta["version"] == 1:
+        names.append(base | {"opt.m_sum", "opt.v_sum"})  # npvae 0.1 kept Adam's running sums
     return names
 
 

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from .io import atomic_open, interrupts_deferred, remove_stale_parts
+from .layers import ACTIVATIONS
 
 TRAIN_DEFAULTS = {
     "dataset": "mnist-subset", "epochs": 30, "latent_dim": 20, "hidden": [400], "likelihood": "bernoulli",
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--latent-dim", type=_positive_int, default=None, help="Z (default 20; 2 adds the manifold plot)")
     t.add_argument("--hidden", type=_positive_int, nargs="*", default=None, metavar="H", help="hidden widths (default 400)")
     t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=None, help="default bernoulli")
-    t.add_argument("--activation", choices=("relu", "tanh"), default=None, help="default relu")
+    t.add_argument("--activation", choices=tuple(ACTIVATIONS), default=None, help="default relu")
     t.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None, help="default adam")
     t.add_argument("--lr", type=_positive_float, default=None, help="default 1e-3")
     t.add_argument("--batch-size", type=_positive_int, default=None, help="default 128")
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden widths (default 8 6; none for a linear model)")
     g.add_argument("--latent-dim", type=_positive_int, default=3, help="Z (default 3)")
     g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
-    g.add_argument("--activation", choices=("relu", "tanh"), default="tanh")
+    g.add_argument("--activation", choices=tuple(ACTIVATIONS), default="tanh")
     g.add_argument("--batch-size", type=_positive_int, default=5, help="N (default 5)")
     g.add_argument("--entries", type=_positive_int, default=None,
                    help="check this many entries per block, chosen at random (default: all)")
@@ -133,10 +134,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_info(args) -> int:
-    from . import backend
+def info() -> dict:
+    """What ``npvae info`` prints: backend, device, dtype, versions, and the fast paths in use."""
+    import importlib
+    import platform
 
-    for key, value in backend.info().items():
+    from .backend import DEFAULT_DTYPE, get_backend
+    from .replaceable import active
+
+    be = get_backend()
+    out = {
+        "backend": be.name,
+        "device": str(be.device),
+        "description": be.description,
+        "default dtype": DEFAULT_DTYPE,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    for pkg in ("array_api_strict", "cupy", "matplotlib", "tqdm"):
+        try:
+            out[pkg] = importlib.import_module(pkg).__version__
+        except Exception:
+            out[pkg] = "not installed"
+    fast = [name for name, libraries in active().items() if be.name in libraries]
+    out["fast paths"] = (", ".join(fast) if fast else
+                         "none: the textbook code runs" + (" (NPVAE_FAST=0)" if os.environ.get("NPVAE_FAST") == "0" else ""))
+    return out
+
+
+def cmd_info(args) -> int:
+    for key, value in info().items():
         print(f"{key:>16}: {value}")
     return 0
 
@@ -278,9 +305,9 @@ class _RunFolder:
 
 def cmd_train(args) -> int:
     from . import datasets, plots
-    from .backend import Generator, check_fits_in_memory, to_numpy
-    from .checkpoint import load
-    from .train import TrainingError, binarize_test_set, fit
+    from .checkpoint import load, save
+    from .checks import check_fits_in_memory
+    from .train import TrainingError, fit
     from .vae import VAE, parameter_count
 
     # Everything is checked before anything is written.
@@ -311,7 +338,7 @@ def cmd_train(args) -> int:
                 for name in RUN_FILES:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(out, name))
-            model.save(ckpt)
+            save(model, ckpt)
             saved.update(path=ckpt, epoch=row["epoch"])
             model.train_state.history.to_csv(csv)
             with atomic_open(os.path.join(out, "run.json"), "w") as f:
@@ -379,7 +406,8 @@ def _what_is_saved(saved) -> str:
 def _train_figures(model, history, settings, x_test, y_test) -> dict:
     """name -> function(path) drawing it, for the figures of a finished run."""
     from . import datasets, plots
-    from .backend import Generator, to_numpy
+    from .backend import to_numpy
+    from .random import Generator
     from .train import binarize_test_set
 
     figures = {"loss.png": lambda p: plots.plot_history(history, p)}
@@ -406,8 +434,9 @@ def _timestamped_folder(parent):
 
 def cmd_sample(args) -> int:
     from . import plots
-    from .backend import Generator, check_fits_in_memory
     from .checkpoint import load
+    from .checks import check_fits_in_memory
+    from .random import Generator
 
     plots.figure_format(args.out, name="--out")  # before any work
     model = load(args.checkpoint)
@@ -429,7 +458,7 @@ def _image_shape(model):
 def cmd_evaluate(args) -> int:
     from . import datasets
     from .checkpoint import load
-    from .metrics import MAX_ROWS, active_units, evaluate, log_likelihood
+    from .metrics import MAX_ROWS, active_units, evaluate, log_marginal_likelihood
     from .train import binarize_test_set
 
     model = load(args.checkpoint)
@@ -446,7 +475,7 @@ def cmd_evaluate(args) -> int:
           + (f" (binarized: {binarize})" if binarize != "none" else ""))
     elbo = evaluate(model, x, seed=args.seed)
     print(f"-ELBO          {elbo['loss']:9.2f} nats  (reconstruction {elbo['reconstruction']:.2f} + KL {elbo['kl']:.2f})")
-    ll = log_likelihood(model, x, k=args.k, seed=args.seed, progress=True)
+    ll = log_marginal_likelihood(model, x, k=args.k, seed=args.seed, progress=True)
     print(f"log p(x)       {ll:9.2f} nats  (importance sampling, k={args.k}, at most {MAX_ROWS} rows at once)")
     print(f"active units   {active_units(model, x):9d} of {model.latent_dim}  (Cov_x E[z_u] > 0.01)")
     return 0

@@ -13,17 +13,22 @@ and its pieces are here:
 - two decoders P_phi(x|z): Bernoulli from logits, for pixels in [0, 1]
   (``bernoulli_log_likelihood``), and the lecture's Gaussian with unit variance for
   real-valued pixels (``gaussian_log_likelihood``);
-- the log-density of a diagonal Gaussian (``gaussian_log_density``), for the importance
-  sampled log-likelihood.
+- the log-density of a diagonal Gaussian (``gaussian_log_density``, and
+  ``gaussian_log_density_at_sample`` for a z made from a known eps), for the importance
+  sampled log-likelihood;
+- ``sigmoid`` and ``softplus``, the two functions of a logit that the Bernoulli needs.
 
 We parameterize the Gaussian by its log-variance ``logvar = log sigma^2``, never by sigma:
 logvar ranges over all reals, so the encoder's output needs no constraint. Then sigma is
 ``exp(logvar / 2)`` and the variance is ``exp(logvar)``: mixing these up (sampling with
 ``exp(logvar)`` as the standard deviation) is the commonest bug in published NumPy VAEs.
 
-Each ``f_backward(df, ...)`` takes the gradient of the loss with respect to ``f``'s output
-(per example, shape (N,), or one Python number for every example) and returns the
-gradients with respect to ``f``'s inputs.
+Each ``f_backward(df, ...)`` sits right below its ``f``: it takes the gradient of the loss with
+respect to ``f``'s output (per example, shape (N,), or one Python number for every example)
+and returns the gradients with respect to ``f``'s inputs.
+
+``@replaceable`` marks a function that ``npvae.fast`` may replace, for NumPy or CuPy arrays,
+by a faster one with the same results (``NPVAE_FAST=0`` runs exactly the code below).
 
 Shape letters: N batch, D data dimension, Z latent dimension.
 """
@@ -32,9 +37,8 @@ from __future__ import annotations
 
 import math
 
-from . import kernels
 from .backend import array_namespace
-from .layers import sigmoid
+from .replaceable import replaceable
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -42,34 +46,23 @@ LOG_2PI = math.log(2.0 * math.pi)
 # ---------------------------------------------------------------------------------------
 # The posterior Q_theta(z|x) = N(mu, diag(exp(logvar))) and the reparameterization trick
 # ---------------------------------------------------------------------------------------
-def reparameterize(mu, logvar, eps=None, rng=None):
+@replaceable
+def reparameterize(mu, logvar, eps):
     """z = mu + sigma * eps, with sigma = exp(logvar / 2) and eps ~ N(0, I).
 
     The randomness is moved out of the path from (mu, logvar) to z: eps is an *input*, so z
     is a plain differentiable function of mu and logvar and gradients flow through it.
 
-    Args:
-        mu, logvar: (N, Z).
-        eps: (N, Z) standard normal noise. If None, it is drawn from ``rng``
-            (an ``npvae.backend.Generator``) and returned, so that the backward pass can use
-            the very same eps.
-    Returns:
-        z: (N, Z), and the eps that made it, (N, Z).
+    Args: mu, logvar, eps: (N, Z), eps standard normal noise (mu and logvar may also
+        broadcast against eps: (b, 1, Z) with eps (b, k, Z) gives k draws for each row).
+    Returns: z: eps's shape.
     """
-    if eps is None:
-        if rng is None:
-            raise ValueError("rng: expected a Generator when eps is None, got None")
-        eps = rng.standard_normal(tuple(mu.shape), dtype=_dtype_name(mu))
-    elif tuple(eps.shape) != tuple(mu.shape):
-        raise ValueError(f"eps: expected shape {tuple(mu.shape)}, got {tuple(eps.shape)}")
-    z = kernels.fused("reparameterize", mu, logvar, eps)  # on CuPy: the next lines as one GPU kernel
-    if z is None:
-        xp = array_namespace(mu)
-        sigma = xp.exp(0.5 * logvar)
-        z = mu + sigma * eps
-    return z, eps
+    xp = array_namespace(mu)
+    sigma = xp.exp(0.5 * logvar)
+    return mu + sigma * eps
 
 
+@replaceable
 def reparameterize_backward(dz, logvar, eps):
     """Gradients of z = mu + exp(logvar/2) * eps, for the *same* eps the forward used.
 
@@ -78,12 +71,9 @@ def reparameterize_backward(dz, logvar, eps):
 
     Args: dz, logvar, eps: (N, Z). Returns: dmu, dlogvar: (N, Z).
     """
-    dlogvar = kernels.fused("reparameterize_backward", dz, logvar, eps)  # on CuPy: one GPU kernel
-    if dlogvar is None:
-        xp = array_namespace(dz)
-        sigma = xp.exp(0.5 * logvar)
-        dlogvar = dz * (0.5 * sigma * eps)
-    return dz, dlogvar
+    xp = array_namespace(dz)
+    sigma = xp.exp(0.5 * logvar)
+    return dz, dz * (0.5 * sigma * eps)
 
 
 def gaussian_log_density(z, mu, logvar):
@@ -97,9 +87,25 @@ def gaussian_log_density(z, mu, logvar):
     return -0.5 * xp.sum(LOG_2PI + logvar + (z - mu) ** 2 * xp.exp(-logvar), axis=-1)
 
 
+def gaussian_log_density_at_sample(eps, logvar):
+    """``gaussian_log_density(z, mu, logvar)`` at z = mu + exp(logvar/2) * eps, from eps:
+
+        (z_j - mu_j)^2 / exp(logvar_j) = eps_j^2
+        ->  log N(z; mu, diag(exp(logvar))) = -1/2 * sum_j [ log(2 pi) + logvar_j + eps_j^2 ]
+
+    The same number, but stable: with a very negative logvar, z - mu is lost to rounding
+    and exp(-logvar) overflows in float32, while eps is known exactly.
+
+    Args: eps, logvar broadcastable to (..., Z). Returns: (...).
+    """
+    xp = array_namespace(eps)
+    return -0.5 * xp.sum(LOG_2PI + logvar + eps * eps, axis=-1)
+
+
 # ---------------------------------------------------------------------------------------
 # KL( N(mu, diag(exp(logvar))) || N(0, I) ) in closed form
 # ---------------------------------------------------------------------------------------
+@replaceable
 def gaussian_kl(mu, logvar):
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) for each row, in nats.
 
@@ -111,13 +117,11 @@ def gaussian_kl(mu, logvar):
 
     Args: mu, logvar: (N, Z). Returns: (N,).
     """
-    kl = kernels.fused("gaussian_kl", mu, logvar)  # on CuPy: one GPU kernel for the row sums
-    if kl is None:
-        xp = array_namespace(mu)
-        kl = 0.5 * xp.sum(mu * mu + (xp.expm1(logvar) - logvar), axis=-1)
-    return kl
+    xp = array_namespace(mu)
+    return 0.5 * xp.sum(mu * mu + (xp.expm1(logvar) - logvar), axis=-1)
 
 
+@replaceable
 def gaussian_kl_backward(dkl, mu, logvar):
     """Gradients of ``gaussian_kl``: dKL/dmu = mu, dKL/dlogvar = (exp(logvar) - 1) / 2.
 
@@ -125,23 +129,31 @@ def gaussian_kl_backward(dkl, mu, logvar):
         mu, logvar: (N, Z).
     Returns: dmu, dlogvar: (N, Z).
     """
+    xp = array_namespace(mu)
     dkl = _per_row(dkl)  # (N, 1), broadcast over Z
-    grads = kernels.fused("gaussian_kl_backward", dkl, mu, logvar)  # on CuPy: both in one GPU kernel
-    if grads is None:
-        xp = array_namespace(mu)
-        grads = dkl * mu, dkl * (0.5 * xp.expm1(logvar))
-    return grads
+    return dkl * mu, dkl * (0.5 * xp.expm1(logvar))
 
 
 # ---------------------------------------------------------------------------------------
 # Decoders P_phi(x|z)
 # ---------------------------------------------------------------------------------------
+def sigmoid(a):
+    """sigma(a) = 1 / (1 + exp(-a)), computed without overflow for any finite a.
+
+    With e = exp(-|a|) (always in (0, 1]): sigma(a) = 1/(1+e) for a >= 0, e/(1+e) for a < 0.
+    """
+    xp = array_namespace(a)
+    e = xp.exp(-xp.abs(a))
+    return xp.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def softplus(a):
-    """log(1 + exp(a)) without overflow: max(a, 0) + log1p(exp(-|a|))."""
+    """log(1 + exp(a)) without overflow: max(a, 0) + log1p(exp(-|a|)). Its derivative is sigma(a)."""
     xp = array_namespace(a)
     return xp.maximum(a, 0.0) + xp.log1p(xp.exp(-xp.abs(a)))
 
 
+@replaceable
 def bernoulli_log_likelihood(x, logits):
     """log P(x|z) for independent Bernoulli pixels with p = sigma(logits), summed over D.
 
@@ -158,26 +170,13 @@ def bernoulli_log_likelihood(x, logits):
     return xp.sum(x * logits - softplus(logits), axis=-1)
 
 
-def bernoulli_log_likelihood_backward(dll, x, logits):
-    """d log P / d logits = x - sigma(logits).  Args: dll (N,); x, logits (N, D). Returns (N, D)."""
-    return _per_row(dll) * (x - sigmoid(logits))
+@replaceable
+def bernoulli_log_likelihood_backward(dlog_p, x, logits):
+    """d log P / d logits = x - sigma(logits), times the upstream gradient of each row.
 
-
-def bernoulli_log_likelihood_and_grad(x, logits):
-    """``bernoulli_log_likelihood`` and d log P / d logits together, as a training step needs
-    them, in fewer passes over the (N, D) arrays:
-
-        log P        = sum_d [ x_d l_d - max(l_d, 0) - log(1 + exp(-|l_d|)) ]     (N,)
-        d log P / dl = x - sigma(l),   sigma(l) = (1 + tanh(l / 2)) / 2             (N, D)
-
-    The tanh form of the sigmoid never overflows and needs no ``where`` (a slow operation
-    on the CPU); its absolute error is one rounding unit, which is what a gradient needs
-    (for l < -17 it rounds sigma(l) to 0 in float32, where the exact form would give a
-    number below 4e-8). Both lines are computed in ``kernels.bernoulli_log_likelihood_and_grad``
-    (plain ``xp`` code there, and a NumPy fast path beside it); tested against the two
-    separate functions above.
+    Args: dlog_p: (N,) or one number; x, logits: (N, D). Returns: (N, D).
     """
-    return kernels.bernoulli_log_likelihood_and_grad(x, logits)
+    return _per_row(dlog_p) * (x - sigmoid(logits))
 
 
 def gaussian_log_likelihood(x, mean):
@@ -194,9 +193,12 @@ def gaussian_log_likelihood(x, mean):
     return -0.5 * xp.sum((x - mean) ** 2, axis=-1) - 0.5 * d * LOG_2PI
 
 
-def gaussian_log_likelihood_backward(dll, x, mean):
-    """d log P / d mean = x - mean.  Args: dll (N,); x, mean (N, D). Returns (N, D)."""
-    return _per_row(dll) * (x - mean)
+def gaussian_log_likelihood_backward(dlog_p, x, mean):
+    """d log P / d mean = x - mean, times the upstream gradient of each row.
+
+    Args: dlog_p: (N,) or one number; x, mean: (N, D). Returns: (N, D).
+    """
+    return _per_row(dlog_p) * (x - mean)
 
 
 def _per_row(d):
@@ -206,8 +208,3 @@ def _per_row(d):
     if isinstance(d, (int, float)):
         return d
     return array_namespace(d).reshape(d, (-1, 1))
-
-
-def _dtype_name(a) -> str:
-    xp = array_namespace(a)
-    return "float64" if a.dtype == xp.float64 else "float32"

@@ -11,25 +11,21 @@ vectors (``model.params`` and ``model.grads``), which is what lets one optimizer
 gradient check and one checkpoint handle the whole model as a single 1-D array. See
 ``FlatParameters``.
 
+``@replaceable`` marks a method that ``npvae.fast`` may replace, for NumPy or CuPy arrays, by
+a faster one with the same results (``NPVAE_FAST=0`` runs exactly the code below).
+
 Shape letters: N batch, D_in / D_out the widths of a layer.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
-from . import kernels
-from .backend import DEFAULT_DTYPE, Generator, array_namespace, get_backend
-
-
-def sigmoid(x):
-    """sigma(x) = 1 / (1 + exp(-x)), computed without overflow for any finite x.
-
-    With e = exp(-|x|) (always in (0, 1]): sigma(x) = 1/(1+e) for x >= 0, e/(1+e) for x < 0.
-    """
-    xp = array_namespace(x)
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+from .backend import DEFAULT_DTYPE, array_namespace, astype, get_backend
+from .distributions import sigmoid
+from .random import Generator
+from .replaceable import replaceable
 
 
 class Dense:
@@ -60,12 +56,14 @@ class Dense:
         out += self.b  # in place: no second (N, D_out) array
         return out, x
 
+    @replaceable
     def backward(self, dout, cache, need_dx=True):
         """Writes dW and db; returns dx, or None when ``need_dx`` is False (the data x of
         a first layer needs no gradient, and skipping it saves a third of the layer's work)."""
+        xp = array_namespace(dout)
         x = cache
-        kernels.matmul_into(x.T, dout, out=self.dW)  # dW = x^T @ dout      (D_in, D_out)
-        kernels.sum_rows_into(dout, out=self.db)  # db = sum_n dout_n   (D_out,)
+        self.dW[...] = x.T @ dout  # dW = x^T @ dout      (D_in, D_out)
+        self.db[...] = xp.sum(dout, axis=0)  # db = sum_n dout_n   (D_out,)
         return dout @ self.W.T if need_dx else None  # dx = dout @ W^T    (N, D_in)
 
     def __repr__(self):
@@ -82,9 +80,10 @@ class ReLU:
         out = xp.maximum(x, 0.0)
         return out, out
 
+    @replaceable
     def backward(self, dout, cache):
         out = cache
-        return kernels.relu_backward(dout, out)  # dout * [out > 0]
+        return dout * astype(out > 0, dout.dtype)  # dout * [out > 0]
 
     def __repr__(self):
         return "ReLU()"
@@ -100,9 +99,10 @@ class Tanh:
         out = xp.tanh(x)
         return out, out
 
+    @replaceable
     def backward(self, dout, cache):
         out = cache
-        return kernels.tanh_backward(dout, out)  # dout * (1 - out^2)
+        return dout * (1.0 - out * out)  # dout * (1 - out^2)
 
     def __repr__(self):
         return "Tanh()"
@@ -182,6 +182,15 @@ class MLP:
         return "MLP(" + ", ".join(map(repr, self.layers)) + ")"
 
 
+class Block(NamedTuple):
+    """One parameter block of the flat vector: ``params[start:stop]`` reshaped to ``shape``."""
+
+    name: str
+    start: int
+    stop: int
+    shape: tuple
+
+
 class FlatParameters:
     """All parameters in one contiguous 1-D vector, and all gradients in a second one.
 
@@ -193,7 +202,7 @@ class FlatParameters:
         params = [ theta.enc.0.W | theta.enc.0.b | ... | phi.dec.0.W | ... ]   (P,)
         grads  = same layout                                                  (P,)
 
-    ``blocks`` lists (name, start, stop, shape) for each block, so a gradient check can
+    ``blocks`` lists a ``Block(name, start, stop, shape)`` for each block, so a gradient check can
     report an error per block and a checkpoint can be read back by name.
     """
 
@@ -204,7 +213,7 @@ class FlatParameters:
         for prefix, layer in named_layers:
             for pname, shape in layer.param_shapes.items():
                 size = math.prod(shape)
-                self.blocks.append((f"{prefix}.{pname}", start, start + size, tuple(shape)))
+                self.blocks.append(Block(f"{prefix}.{pname}", start, start + size, tuple(shape)))
                 start += size
         self.size = start
         self.params = be.zeros((self.size,), dtype)  # (P,)

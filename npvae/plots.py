@@ -31,7 +31,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .backend import asarray, check_int, to_numpy
+from .backend import asarray, to_numpy
+from .checks import check_int
 from .io import atomic_open
 
 __all__ = [

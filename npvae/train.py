@@ -2,8 +2,9 @@
 
 One step, for a minibatch x_b (B, D) and fresh noise eps (B, Z):
 
-    res = model.loss_and_grads(x_b, eps, beta)     # -ELBO and d(-ELBO)/d params
-    optimizer.step(res.grads)                      # params <- params - lr * (...)
+    fwd = model.forward(x_b, eps)                  # mu, logvar, z, log P(x|z), KL
+    grads = model.backward(fwd, beta)              # d(-ELBO)/d params
+    optimizer.step(grads)                          # params <- params - lr * (...)
 
 An epoch visits every training example once in a random order (the last minibatch may be
 smaller). All randomness comes from ``seed``: one stream orders the data (and draws the
@@ -28,7 +29,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from .backend import Generator, check_int, check_real, copy, get_backend, spawn_seeds
+from .backend import copy, get_backend
+from .checks import check_int, check_real
+from .random import TRAINING_STREAMS, Generator, streams
 from .io import atomic_open
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
 
@@ -147,20 +150,20 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
         state = model.train_state
         state.optimizer.lr = settings["lr"]
     else:
-        streams = spawn_seeds(settings["seed"], 4)
+        seeds = streams(settings["seed"], TRAINING_STREAMS)
         opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
             settings["optimizer"], model.params, lr=settings["lr"])
-        state = TrainState(optimizer=opt, data_rng=Generator(streams[0]), noise_rng=Generator(streams[1]))
+        state = TrainState(optimizer=opt, data_rng=Generator(seeds.data), noise_rng=Generator(seeds.eps))
     state.settings = settings
     model.train_state = state
 
     batch_size, beta, binarize, seed = (settings[k] for k in ("batch_size", "beta", "binarize", "seed"))
     if binarize == "static":
-        x_train = _bernoulli_draw(x_train, Generator(spawn_seeds(seed, 4)[2]))
+        x_train = _bernoulli_draw(x_train, Generator(streams(seed, TRAINING_STREAMS).static))
     if x_test is not None:
         x_test = binarize_test_set(x_test, binarize, seed)
 
-    be = get_backend()
+    be, xp = get_backend(), model.xp
     n = int(x_train.shape[0])
     steps_per_epoch = math.ceil(n / batch_size)
     warmup_steps = settings["kl_warmup_epochs"] * steps_per_epoch
@@ -184,16 +187,17 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
                 xb = _bernoulli_draw(xb, state.data_rng)
             beta_t = beta * min(1.0, (state.step + 1) / warmup_steps) if warmup_steps else beta
             eps = state.noise_rng.standard_normal((int(xb.shape[0]), model.latent_dim), dtype=model.dtype)
-            res = model._loss_and_grads(xb, eps, beta_t)
-            rec, kl = res.reconstruction, res.kl
-            grad_sq = float(res.grads @ res.grads)
+            fwd = model.forward(xb, eps)
+            grads = model.backward(fwd, beta_t)
+            rec, kl = -float(xp.mean(fwd.log_p)), float(xp.mean(fwd.kl))
+            grad_sq = float(grads @ grads)
             bad = [name for name, v in (("reconstruction", rec), ("KL", kl), ("gradient", grad_sq)) if not math.isfinite(v)]
             if bad:
                 _close(bar)
                 raise last_good.restore(
                     f"epoch {epoch}, step {step + 1} of {steps_per_epoch}: the {' and the '.join(bad)} "
                     f"went non-finite (reconstruction {rec}, KL {kl}, squared gradient norm {grad_sq})")
-            state.optimizer.step(res.grads)
+            state.optimizer.step(grads)
             state.step += 1
             b = int(xb.shape[0])
             for key, value in (("reconstruction", rec), ("kl", kl), ("beta", beta_t), ("loss", rec + beta_t * kl)):
@@ -328,7 +332,7 @@ def binarize_test_set(x, binarize, seed):
     ``npvae evaluate``)."""
     if binarize == "none":
         return x
-    return _bernoulli_draw(x, Generator(spawn_seeds(seed, 4)[3]))
+    return _bernoulli_draw(x, Generator(streams(seed, TRAINING_STREAMS).test))
 
 
 def _bernoulli_draw(x, rng: Generator):

@@ -16,7 +16,8 @@ For a batch x (N, D) and noise eps (N, Z) the loss is the mean over the batch of
     out = decoder(z)                                         # (N, D)
     loss = mean_n[ -log P(x_n|z_n) ] + beta * mean_n[ KL(Q(z|x_n) || N(0, I)) ]
 
-and ``loss_and_grads`` runs that forward, then the same steps backwards, with the same eps.
+``forward`` runs that, and ``backward``, right below it, the same steps in reverse with the
+same eps; ``loss_and_grads`` is the two together.
 
 All parameters live in one flat vector ``model.params`` (theta first, then phi) and the
 gradient in ``model.grads``; ``model.theta`` and ``model.phi`` are views of its two halves.
@@ -28,11 +29,14 @@ import json
 from dataclasses import dataclass
 
 from . import distributions as dist
-from .backend import DTYPES, Generator, check_fits_in_memory, check_int, get_backend, spawn_seeds
-from .layers import MLP, Dense, FlatParameters, sigmoid
+from . import layers
+from .backend import DTYPES, get_backend
+from .checks import check_fits_in_memory, check_int
+from .layers import MLP, Dense, FlatParameters
+from .random import MODEL_STREAMS, Generator, streams
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-ACTIVATIONS = ("relu", "tanh")
+ACTIVATIONS = tuple(layers.ACTIVATIONS)  # "relu", "tanh", "sigmoid": one registry, in layers
 
 
 @dataclass
@@ -65,6 +69,26 @@ class LossAndGrads:
     @property
     def kl(self) -> float:
         return float(self.kl_array)
+
+
+@dataclass
+class Forward:
+    """What ``VAE.forward`` computes for a batch, and what ``VAE.backward`` needs.
+
+    ``x`` (N, D); ``mu``, ``logvar``, ``eps``, ``z`` (N, Z); ``out`` (N, D), the decoder's output
+    (logits or mean); ``log_p`` (N,), log P_phi(x|z) per row; ``kl`` (N,),
+    KL(Q_theta(z|x) || N(0, I)) per row; ``caches``, the layers' caches.
+    """
+
+    x: object
+    mu: object
+    logvar: object
+    eps: object
+    z: object
+    out: object
+    log_p: object
+    kl: object
+    caches: tuple
 
 
 def parameter_count(input_dim, hidden_dims, latent_dim) -> int:
@@ -141,12 +165,12 @@ class VAE:
         theta_layers += [("theta.mu", self.mu_head), ("theta.logvar", self.logvar_head)]
         phi_layers = [(f"phi.decoder.{i}", layer) for i, layer in self.decoder.named_layers()]
 
-        init_seed, noise_seed = spawn_seeds(seed, 2)
-        flat = FlatParameters(theta_layers + phi_layers, seed=init_seed, dtype=dtype, backend=self.backend)
+        seeds = streams(seed, MODEL_STREAMS)
+        flat = FlatParameters(theta_layers + phi_layers, seed=seeds.init, dtype=dtype, backend=self.backend)
         self.params, self.grads, self.blocks = flat.params, flat.grads, flat.blocks
         self.n_theta = sum(b - a for name, a, b, _ in self.blocks if name.startswith("theta."))
         self.theta, self.phi = self.params[: self.n_theta], self.params[self.n_theta :]
-        self.rng = Generator(noise_seed, backend=self.backend)
+        self.rng = Generator(seeds.noise, backend=self.backend)
         self.train_state = None  # set by npvae.fit or npvae.load: optimizer, epochs, history
 
     # -- description -----------------------------------------------------------------------
@@ -171,13 +195,7 @@ class VAE:
         args = json.dumps(self.config)[1:-1].replace('"', "")
         return f"VAE({args}; {self.n_params} parameters: theta {self.n_theta}, phi {self.n_params - self.n_theta})"
 
-    def save(self, path):
-        """Write this model (and its training state, if any) to a checkpoint ``.npz``."""
-        from .checkpoint import save
-
-        save(self, path)
-
-    # -- the forward pieces ----------------------------------------------------------------
+    # -- the pieces of the model, one at a time ----------------------------------------------
     def encode(self, x):
         """Q_theta(z|x): x (N, D) -> mu (N, Z), logvar (N, Z)."""
         x = self.check_x(x)
@@ -192,12 +210,19 @@ class VAE:
 
     def mean(self, out):
         """E[x|z] from the decoder's output: sigma(logits) (bernoulli) or the mean itself."""
-        return sigmoid(out) if self.likelihood == "bernoulli" else out
+        return dist.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def log_p_x_given_z(self, x, out):
+        """log P_phi(x|z) for each row, from the decoder's output ``out = decode(z)``: (N,).
+        (Not log p(x), the marginal likelihood: ``npvae.log_marginal_likelihood`` estimates that.)"""
+        if self.likelihood == "bernoulli":
+            return dist.bernoulli_log_likelihood(x, out)
+        return dist.gaussian_log_likelihood(x, out)
 
     def sample(self, n, rng=None):
         """n draws z ~ N(0, I) from the prior, decoded to E[x|z]: (n, D).
 
-        ``rng`` is an ``npvae.backend.Generator``; None uses the model's own ``model.rng``.
+        ``rng`` is an ``npvae.Generator``; None uses the model's own ``model.rng``.
         """
         check_int("n", n)
         self._check_backend()
@@ -209,33 +234,61 @@ class VAE:
         mu, _ = self.encode(x)
         return self.mean(self.decode(mu))
 
-    def log_likelihood(self, x, out):
-        """log P_phi(x|z) for each row, from the decoder's output: (N,)."""
-        if self.likelihood == "bernoulli":
-            return dist.bernoulli_log_likelihood(x, out)
-        return dist.gaussian_log_likelihood(x, out)
+    # -- the forward pass, and right below it the backward pass ------------------------------
+    def forward(self, x, eps) -> Forward:
+        """One pass of the model for a batch x (N, D) and noise eps (N, Z):
 
-    # -- the loss and its gradient -----------------------------------------------------------
-    def loss(self, x, eps, beta=1.0) -> float:
-        """The loss alone (mean over the batch of -ELBO, beta-weighted), no gradient.
+            mu, logvar = encoder(x)                  Q_theta(z|x)         (N, Z), (N, Z)
+            z = mu + exp(logvar / 2) * eps           reparameterization   (N, Z)
+            out = decoder(z)                         P_phi(x|z)           (N, D)
+            log_p = log P_phi(x|z), kl = KL(Q_theta(z|x) || N(0, I))     (N,), (N,)
 
-        The forward pass written once more on its own, from ``encode`` and ``decode``, so a
-        gradient check compares ``loss_and_grads`` against an independent computation.
-        eps (N, Z) is required: a finite difference needs the same noise on both sides.
+        Returns a ``Forward`` with all of these and the layers' caches, which ``backward``
+        needs. Only shapes are checked (``loss_and_grads`` also checks the values of x).
         """
-        x = self._check_batch(x)
+        x = self._check_array("x", x, self.input_dim)
         eps = self._check_array("eps", eps, self.latent_dim)
-        mu, logvar, _ = self._encode(x)
-        z, _ = dist.reparameterize(mu, logvar, eps)
-        out, _ = self.decoder.forward(z)
-        xp = self.xp
-        return float(xp.mean(-self.log_likelihood(x, out) + beta * dist.gaussian_kl(mu, logvar)))
+        if eps.shape[0] != x.shape[0]:
+            raise ValueError(f"eps: expected shape {(x.shape[0], self.latent_dim)}, got {tuple(eps.shape)}")
+        mu, logvar, encoder_caches = self._encode(x)  # (N, Z), (N, Z)
+        z = dist.reparameterize(mu, logvar, eps)  # (N, Z)
+        out, decoder_caches = self.decoder.forward(z)  # (N, D)
+        log_p = self.log_p_x_given_z(x, out)  # (N,)
+        kl = dist.gaussian_kl(mu, logvar)  # (N,)
+        return Forward(x, mu, logvar, eps, z, out, log_p, kl, (*encoder_caches, decoder_caches))
 
+    def backward(self, fwd: Forward, beta=1.0):
+        """The gradient of loss = mean_n[ -log P(x_n|z_n) ] + beta * mean_n[ KL_n ] with respect
+        to every parameter, for the batch of ``fwd = forward(x, eps)``: the same steps in
+        reverse, with the same eps. Writes it into ``model.grads`` (P,) and returns that."""
+        h_cache, mu_cache, logvar_cache, decoder_caches = fwd.caches
+        n = fwd.x.shape[0]
+        # Each row enters the mean with weight 1/N, and the loss is -log P: d loss / d log P_n = -1/N.
+        if self.likelihood == "bernoulli":
+            dout = dist.bernoulli_log_likelihood_backward(-1.0 / n, fwd.x, fwd.out)  # (N, D)
+        else:
+            dout = dist.gaussian_log_likelihood_backward(-1.0 / n, fwd.x, fwd.out)  # (N, D)
+        dz = self.decoder.backward(dout, decoder_caches)  # (N, Z), fills d phi
+        dmu, dlogvar = dist.reparameterize_backward(dz, fwd.logvar, fwd.eps)  # the same eps
+        dmu_kl, dlogvar_kl = dist.gaussian_kl_backward(beta / n, fwd.mu, fwd.logvar)  # d loss / d KL_n = beta/N
+        dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl  # (N, Z) each
+        dh = self.mu_head.backward(dmu, mu_cache) + self.logvar_head.backward(dlogvar, logvar_cache)
+        self.encoder.backward(dh, h_cache, need_dx=False)  # fills d theta; x needs no gradient
+        return self.grads
+
+    def _encode(self, x):
+        h, h_cache = self.encoder.forward(x)  # (N, H[-1])
+        mu, mu_cache = self.mu_head.forward(h)  # (N, Z)
+        logvar, logvar_cache = self.logvar_head.forward(h)  # (N, Z)
+        return mu, logvar, (h_cache, mu_cache, logvar_cache)
+
+    # -- the loss and its gradient, for a user ---------------------------------------------------
     def loss_and_grads(self, x, eps=None, beta=1.0):
-        """Mean over the batch of -ELBO and its gradient with respect to all parameters.
+        """Mean over the batch of -ELBO and its gradient with respect to all parameters:
+        ``forward`` then ``backward``.
 
         Args:
-            x: (N, D) data (for bernoulli, in [0, 1]).
+            x: (N, D) data (for bernoulli, in [0, 1]), N >= 1.
             eps: (N, Z) noise for the reparameterization; None draws it from ``model.rng``.
                 Either way, the backward pass uses the very eps the forward pass used, and
                 it is returned as ``res.eps``.
@@ -244,50 +297,19 @@ class VAE:
             ``LossAndGrads``: loss = reconstruction + beta * kl, grads (P,) = ``model.grads``.
         """
         x = self._check_batch(x)
-        if eps is not None:
-            eps = self._check_array("eps", eps, self.latent_dim)
-            if eps.shape[0] != x.shape[0]:
-                raise ValueError(f"eps: expected shape {(x.shape[0], self.latent_dim)}, got {tuple(eps.shape)}")
-        return self._loss_and_grads(x, eps, float(beta))
+        if eps is None:
+            eps = self.rng.standard_normal((int(x.shape[0]), self.latent_dim), dtype=self.dtype)
+        fwd = self.forward(x, eps)
+        grads = self.backward(fwd, float(beta))
+        reconstruction, kl = -self.xp.mean(fwd.log_p), self.xp.mean(fwd.kl)
+        return LossAndGrads(reconstruction + float(beta) * kl, reconstruction, kl, grads, fwd.z, fwd.eps)
 
-    def _loss_and_grads(self, x, eps, beta):
-        """``loss_and_grads`` for input that is already checked (the training loop's path)."""
-        xp = self.xp
-        n = x.shape[0]
-
-        # Forward: encoder, reparameterization, decoder, then the two terms of the loss.
-        mu, logvar, enc_caches = self._encode(x)  # (N, Z), (N, Z)
-        z, eps = dist.reparameterize(mu, logvar, eps, rng=self.rng)  # (N, Z)
-        out, dec_caches = self.decoder.forward(z)  # (N, D)
-        # log P(x|z) per row (N,), and its gradient with respect to out (N, D)
-        if self.likelihood == "bernoulli":
-            log_px, dlog_px = dist.bernoulli_log_likelihood_and_grad(x, out)  # in one go
-        else:
-            log_px = dist.gaussian_log_likelihood(x, out)
-            dlog_px = dist.gaussian_log_likelihood_backward(1.0, x, out)  # x - out
-        reconstruction = -xp.mean(log_px)  # scalar
-        kl = xp.mean(dist.gaussian_kl(mu, logvar))  # scalar
-        loss = reconstruction + beta * kl
-
-        # Backward. Each of the N rows enters the mean with weight 1/N, and the loss is
-        # -log P: d loss / d out = -(1/N) d log P / d out.
-        dout = dlog_px
-        dout *= -1.0 / n  # (N, D), in place
-        dz = self.decoder.backward(dout, dec_caches)  # (N, Z), fills d phi
-        dmu, dlogvar = dist.reparameterize_backward(dz, logvar, eps)  # same eps as forward
-        dmu_kl, dlogvar_kl = dist.gaussian_kl_backward(beta / n, mu, logvar)
-        dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl  # (N, Z) each
-        h, h_cache, mu_cache, logvar_cache = enc_caches
-        dh = self.mu_head.backward(dmu, mu_cache) + self.logvar_head.backward(dlogvar, logvar_cache)
-        self.encoder.backward(dh, h_cache, need_dx=False)  # fills d theta; x needs no gradient
-
-        return LossAndGrads(loss, reconstruction, kl, self.grads, z, eps)
-
-    def _encode(self, x):
-        h, h_cache = self.encoder.forward(x)  # (N, H[-1])
-        mu, mu_cache = self.mu_head.forward(h)  # (N, Z)
-        logvar, logvar_cache = self.logvar_head.forward(h)  # (N, Z)
-        return mu, logvar, (h, h_cache, mu_cache, logvar_cache)
+    def loss(self, x, eps, beta=1.0) -> float:
+        """The loss alone (mean over the batch of -ELBO, beta-weighted): ``forward`` without
+        ``backward``. eps (N, Z) is required: a finite difference needs the same noise on
+        both sides (``npvae.gradcheck`` differentiates this)."""
+        fwd = self.forward(self._check_batch(x), eps)
+        return float(self.xp.mean(-fwd.log_p + beta * fwd.kl))
 
     # -- input checks ------------------------------------------------------------------------
     def _check_backend(self):

@@ -3,10 +3,10 @@
     pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12
     python scripts/compile_cupy_kernels.py
 
-A check for machines with no GPU: each kernel body of ``npvae.kernels._CUPY_SOURCES`` is put
+A check for machines with no GPU: each kernel body of ``npvae.fast.cupy_kernels.SOURCES`` is put
 into a device function with the parameters CuPy would give it (inputs by value, outputs by
 reference), for T = float and T = double, and compiled by NVRTC; so is each row sum of
-``_CUPY_ROW_SUMS``, as its summed term (assigned to ``a``) followed by its output line, which needs the CUDA
+``ROW_SUMS``, as its summed term (assigned to ``a``) followed by its output line, which needs the CUDA
 compiler library only, not a device. It catches a typo or a type error in a body; it does not
 run anything (``tests/test_gpu.py`` does that, on a GPU). Uses ``cupy_backends``' NVRTC
 binding, which is CuPy-internal.
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from cupy_backends.cuda.libs import nvrtc  # noqa: E402
 
-from npvae.kernels import _CUPY_ROW_SUMS, _CUPY_SOURCES  # noqa: E402
+from npvae.fast.cupy_kernels import ROW_SUMS, SOURCES  # noqa: E402
 
 
 def device_function(name, in_params, out_params, operation, ctype):
@@ -31,8 +31,8 @@ def device_function(name, in_params, out_params, operation, ctype):
 
 def main():
     failures = 0
-    bodies = dict(_CUPY_SOURCES)
-    for name, (in_params, out_params, term, output) in _CUPY_ROW_SUMS.items():
+    bodies = dict(SOURCES)
+    for name, (in_params, out_params, term, output) in ROW_SUMS.items():
         bodies[name] = (in_params, out_params, f"T a = {term}; {output}")
     for name, (in_params, out_params, operation) in bodies.items():
         for ctype in ("float", "double"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import npvae
-from npvae import backend
+from npvae import backend, cli
 from conftest import EXPECTED_BACKEND, host
 
 
@@ -139,7 +139,7 @@ def test_same_model_same_numbers_on_numpy_and_strict(use_backend, rng):
 
 
 def test_info_names_backend_and_versions(be):
-    info = backend.info()
+    info = cli.info()
     assert info["backend"] == be.name
     assert info["numpy"] == np.__version__
     assert info["default dtype"] == "float32"

@@ -22,7 +22,7 @@ def trained(tmp_path):
     model = npvae.VAE(16, (8,), 2, seed=4)
     npvae.fit(model, x, epochs=2, batch_size=25, optimizer="adagrad", lr=0.05, progress=False)
     path = tmp_path / "model.npz"
-    model.save(path)
+    npvae.save(model, path)
     return model, path, x
 
 
@@ -42,7 +42,7 @@ def test_round_trip(trained):
 
 def test_model_without_training_state(tmp_path):
     model = npvae.VAE(6, (), 2, likelihood="gaussian", dtype="float64", seed=1)
-    model.save(tmp_path / "fresh.npz")
+    npvae.save(model, tmp_path / "fresh.npz")
     back = npvae.load(tmp_path / "fresh.npz")
     assert back.train_state is None and back.dtype == "float64" and back.hidden_dims == ()
     np.testing.assert_array_equal(host(back.params), host(model.params))
@@ -68,7 +68,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint(trained, monkeypatch)
 
     monkeypatch.setattr(np, "savez", crash)
     with pytest.raises(KeyboardInterrupt):
-        model.save(path)
+        npvae.save(model, path)
     assert path.read_bytes() == before
     assert os.listdir(path.parent) == [path.name]  # no temporary file left behind
 
@@ -135,11 +135,11 @@ def base(tmp_path_factory):
     npvae.fit(model, x, epochs=2, batch_size=10, optimizer="adam", lr=0.01, progress=False)
     model.train_state.settings["dataset"] = "toy"
     path = tmp_path_factory.mktemp("base") / "base.npz"
-    model.save(path)
+    npvae.save(model, path)
     with np.load(path, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
     meta = json.loads(str(arrays.pop("meta")))
-    assert model.n_params == N_PARAMS and sorted(arrays) == ["opt.m_sum", "opt.v_sum", "params"]
+    assert model.n_params == N_PARAMS and sorted(arrays) == ["opt.m", "opt.v", "params"]
     return meta, arrays
 
 
@@ -263,7 +263,7 @@ META_CASES = [
     ("latent-dim-string", put("config.latent_dim", "2"), r"config\.latent_dim: expected a positive integer, got '2'$"),
     ("likelihood", put("config.likelihood", "poisson"),
      r"config\.likelihood: expected one of bernoulli, gaussian, got 'poisson'$"),
-    ("activation", put("config.activation", None), r"config\.activation: expected one of relu, tanh, got None$"),
+    ("activation", put("config.activation", None), r"config\.activation: expected one of relu, tanh, sigmoid, got None$"),
     ("dtype", put("config.dtype", "float16"), r"config\.dtype: expected one of float32, float64, got 'float16'$"),
     ("seed-float", put("config.seed", 1.5), r"config\.seed: expected a non-negative integer or null, got 1\.5$"),
     ("seed-string", put("config.seed", "abc"), r"config\.seed: expected a non-negative integer or null, got 'abc'$"),
@@ -338,7 +338,7 @@ META_CASES = [
     ("optimizer-beta2-one", put("optimizer.beta2", 1.0), r"optimizer\.beta2: expected a number in \[0, 1\), got 1\.0$"),
     ("optimizer-eps-negative", put("optimizer.eps", -1e-8),
      r"optimizer\.eps: expected a non-negative number, got -1e-08$"),
-    ("optimizer-null-but-buffers", put("optimizer", None), r"unexpected array 'opt\.m_sum' \(expected meta, params\)$"),
+    ("optimizer-null-but-buffers", put("optimizer", None), r"unexpected array 'opt\.m' \(expected meta, params\)$"),
 ]
 
 nan, inf = float("nan"), float("inf")
@@ -361,15 +361,15 @@ ARRAY_CASES = [
      r"params: expected shape \(90,\) for the saved config, got \(9, 10\)$"),
     ("params-0d", array("params", lambda p: np.array(1.0)),
      r"params: expected shape \(90,\) for the saved config, got \(\)$"),
-    ("adam-v-sum-negative", entry("opt.v_sum", 5, -1e-3),
-     r"opt\.v_sum: expected values >= 0 \(a second moment\), got 1 negative entry$"),
-    ("adam-m-sum-nan", entry("opt.m_sum", 0, nan), r"opt\.m_sum: expected finite values, got 1 NaN or inf entry$"),
-    ("adam-v-sum-inf", entry("opt.v_sum", 0, inf), r"opt\.v_sum: expected finite values, got 1 NaN or inf entry$"),
-    ("buffer-short", array("opt.m_sum", lambda b: b[:-1]),
-     r"opt\.m_sum: expected shape \(90,\) for the saved config, got \(89,\)$"),
-    ("buffer-int", array("opt.v_sum", lambda b: b.astype(np.int64)),
-     r"opt\.v_sum: expected a real floating-point array, got dtype int64$"),
-    ("buffer-missing", array("opt.v_sum", None), r"missing array 'opt\.v_sum' \(the adam optimizer's state\)$"),
+    ("adam-v-sum-negative", entry("opt.v", 5, -1e-3),
+     r"opt\.v: expected values >= 0 \(a second moment\), got 1 negative entry$"),
+    ("adam-m-sum-nan", entry("opt.m", 0, nan), r"opt\.m: expected finite values, got 1 NaN or inf entry$"),
+    ("adam-v-sum-inf", entry("opt.v", 0, inf), r"opt\.v: expected finite values, got 1 NaN or inf entry$"),
+    ("buffer-short", array("opt.m", lambda b: b[:-1]),
+     r"opt\.m: expected shape \(90,\) for the saved config, got \(89,\)$"),
+    ("buffer-int", array("opt.v", lambda b: b.astype(np.int64)),
+     r"opt\.v: expected a real floating-point array, got dtype int64$"),
+    ("buffer-missing", array("opt.v", None), r"missing array 'opt\.v' \(the adam optimizer's state\)$"),
     ("buffer-of-another-optimizer", array("opt.sum_sq", lambda _: np.zeros(N_PARAMS, np.float32)),
      r"unexpected array 'opt\.sum_sq'"),
     ("unknown-array", array("notes", lambda _: np.zeros(2)),
@@ -396,21 +396,28 @@ def test_negative_adagrad_sums_and_legacy_adam_moments_are_refused(trained, base
     refused(write(tmp_path / "adagrad.npz", None, arrays),
             r"opt\.sum_sq: expected values >= 0 \(a second moment\), got 1 negative entry$")
 
-    def legacy(meta, arrays):  # npvae before Adam's running sums saved m and v: here v < 0
-        arrays["opt.m"] = arrays.pop("opt.m_sum") * 0.1
-        arrays["opt.v"] = arrays.pop("opt.v_sum") * -0.001
-    refused(craft(base, tmp_path, legacy), r"opt\.v: expected values >= 0 \(a second moment\), got \d+ negative entr")
+    def legacy(meta, arrays):  # npvae 0.1 (format 1) kept Adam's running sums: here v_sum < 0
+        meta["version"] = 1
+        arrays["opt.m_sum"] = arrays.pop("opt.m") / (1 - meta["optimizer"]["beta1"])
+        arrays["opt.v_sum"] = arrays.pop("opt.v") * -1000.0
+    refused(craft(base, tmp_path, legacy), r"opt\.v_sum: expected values >= 0 \(a second moment\), got \d+ negative entr")
 
 
-def test_an_old_adam_checkpoint_with_m_and_v_still_loads(base, tmp_path):
+def test_an_old_adam_checkpoint_with_running_sums_still_loads(base, tmp_path):
+    # Format 1 (npvae 0.1) saved Adam's running sums m_sum = m / (1 - b1), v_sum = v / (1 - b2);
+    # they load as the paper's m and v.
     meta, arrays = base
 
     def legacy(meta, arrays):
-        arrays["opt.m"] = arrays.pop("opt.m_sum") * (1 - meta["optimizer"]["beta1"])
-        arrays["opt.v"] = arrays.pop("opt.v_sum") * (1 - meta["optimizer"]["beta2"])
+        meta["version"] = 1
+        arrays["opt.m_sum"] = arrays.pop("opt.m") / (1 - meta["optimizer"]["beta1"])
+        arrays["opt.v_sum"] = arrays.pop("opt.v") / (1 - meta["optimizer"]["beta2"])
     opt = npvae.load(craft(base, tmp_path, legacy)).train_state.optimizer
-    np.testing.assert_allclose(host(opt.m_sum), arrays["opt.m_sum"], rtol=1e-5)
-    np.testing.assert_allclose(host(opt.v_sum), arrays["opt.v_sum"], rtol=1e-5)
+    np.testing.assert_allclose(host(opt.m), arrays["opt.m"], rtol=1e-5)
+    np.testing.assert_allclose(host(opt.v), arrays["opt.v"], rtol=1e-5)
+    # Format 2 is the paper's m and v only.
+    refused(craft(base, tmp_path, lambda meta, arrays: arrays.update({"opt.m_sum": arrays.pop("opt.m")})),
+            r"unexpected array 'opt\.m_sum'")
 
 
 @pytest.mark.parametrize("config", [{"hidden_dims": [300000]}, {"hidden_dims": [10**12]}, {"input_dim": 10**15},
@@ -436,7 +443,7 @@ def test_a_model_too_big_for_this_machine_is_refused_before_reading_it(base, tmp
                   r"more than this machine's 0\.0 GiB of memory$")
     # VAE() refuses such a model with a ValueError of its own: it becomes a CheckpointError too
     monkeypatch.setattr(checkpoint, "memory_bytes", lambda: 0)  # 0: unknown, no check here
-    monkeypatch.setattr(npvae.backend, "memory_bytes", lambda: 1000)
+    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 1000)
     refused(path, r"config: hidden_dims: \[4\] needs 0\.0 GiB, more than this machine's 0\.0 GiB of memory$")
 
 
@@ -506,7 +513,7 @@ def test_a_checkpoint_carries_its_run(tmp_path):
     model = npvae.VAE(6, (4,), 2, seed=3)
     npvae.fit(model, x, epochs=1, batch_size=20, optimizer="sgd", lr=0.05, binarize="dynamic", seed=7, progress=False)
     model.train_state.settings["dataset"] = "mnist-subset"
-    model.save(tmp_path / "run.npz")
+    npvae.save(model, tmp_path / "run.npz")
     settings = npvae.load(tmp_path / "run.npz").train_state.settings
     assert settings == {"batch_size": 20, "optimizer": "sgd", "lr": 0.05, "beta": 1.0, "kl_warmup_epochs": 0,
                         "binarize": "dynamic", "seed": 7, "dataset": "mnist-subset"}
@@ -520,7 +527,7 @@ def test_save_fills_in_a_missing_dataset_with_null(tmp_path):
     npvae.fit(model, x, epochs=1, batch_size=10, progress=False)
     model.train_state.settings.pop("dataset", None)
     before = dict(model.train_state.settings)
-    model.save(tmp_path / "run.npz")
+    npvae.save(model, tmp_path / "run.npz")
     assert model.train_state.settings == before  # the model's own settings are left alone
     with np.load(tmp_path / "run.npz") as archive:
         assert json.loads(str(archive["meta"]))["settings"]["dataset"] is None
@@ -539,7 +546,7 @@ def test_save_never_writes_a_non_finite_model(trained, where):
         pattern = r"not written: opt\.sum_sq: expected finite values, got 1 NaN or inf entry$"
     for target in (path, path.parent / "new.npz"):
         with pytest.raises(checkpoint.CheckpointError) as info:
-            model.save(target)
+            npvae.save(model, target)
         assert str(info.value).startswith(f"{target}: ") and re.search(pattern, str(info.value))
     assert path.read_bytes() == before  # the good checkpoint is untouched
     assert os.listdir(path.parent) == [path.name]  # nothing new written, no temporary file left
@@ -550,5 +557,5 @@ def test_save_refuses_settings_that_load_would_refuse(trained, tmp_path):
     model.train_state.settings["lr"] = -1.0
     with pytest.raises(checkpoint.CheckpointError,
                        match=r"bad\.npz: not written: settings\.lr: expected a positive number, got -1\.0$"):
-        model.save(tmp_path / "bad.npz")
+        npvae.save(model, tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()

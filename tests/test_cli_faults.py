@@ -136,7 +136,7 @@ def test_a_checkpoint_that_does_not_name_its_data_asks_for_it(tmp_path, capsys):
     x = npvae.datasets.load()[0][0][:64]
     model = npvae.VAE(784, (8,), 2)
     npvae.fit(model, x, epochs=1, progress=False)  # from Python: no dataset name
-    model.save(tmp_path / "checkpoint.npz")
+    npvae.save(model, tmp_path / "checkpoint.npz")
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.npz"), "--k", "2"]) == 2
     assert "--dataset: " in capsys.readouterr().err
     (tmp_path / "run.json").write_text("{not json")  # a broken run.json beside it is named
@@ -162,7 +162,7 @@ def interrupt_during(monkeypatch, target, name, when):
 def test_ctrl_c_during_a_save_finishes_it_and_says_so(monkeypatch, tmp_path, capsys, when):
     # Before: "epochs 1-k are saved" when k-1 were, and during the first save a resume that
     # could not work.
-    interrupt_during(monkeypatch, npvae.VAE, "save", when)
+    interrupt_during(monkeypatch, npvae.checkpoint, "save", when)
     out = tmp_path / "r"
     assert cli.main(["train", "--epochs", "4", "--out", str(out), *SMALL]) == 130
     err = capsys.readouterr().err

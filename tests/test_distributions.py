@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import npvae
 from npvae import distributions as dist
-from npvae.backend import Generator, get_backend
+from npvae.backend import get_backend
+from npvae.random import Generator
 from npvae.gradcheck import assert_gradients_match, numerical_gradient
 from conftest import host
 
@@ -47,27 +49,27 @@ def test_reparameterize_backward(data, n, z):
     mu_h, logvar_h = data.draw(values((n, z), -1e3, 1e3)), data.draw(values((n, z), -20.0, 10.0))
     eps_h, g_h = data.draw(values((n, z), -3.0, 3.0)), data.draw(values((n, z), -1.0, 1.0))
     mu, logvar, eps, g = on_backend(mu_h, logvar_h, eps_h, g_h)
-    f = lambda: weighted_sum(dist.reparameterize(mu, logvar, eps)[0], g)  # noqa: E731
+    f = lambda: weighted_sum(dist.reparameterize(mu, logvar, eps), g)  # noqa: E731
     dmu, dlogvar = dist.reparameterize_backward(g, logvar, eps)
     assert_gradients_match(both(dmu, dlogvar), both(numerical_gradient(f, mu), numerical_gradient(f, logvar)))
 
 
-def test_reparameterize_uses_and_returns_eps(rng):
+def test_reparameterize_is_mu_plus_sigma_eps(rng):
     mu, logvar, eps = on_backend(rng.standard_normal((3, 2)), rng.standard_normal((3, 2)), rng.standard_normal((3, 2)))
-    z, eps_out = dist.reparameterize(mu, logvar, eps)
-    assert eps_out is eps
+    z = dist.reparameterize(mu, logvar, eps)
     np.testing.assert_allclose(host(z), host(mu) + np.exp(host(logvar) / 2) * host(eps), rtol=1e-12)
-    z2, drawn = dist.reparameterize(mu, logvar, rng=Generator(5))
-    np.testing.assert_array_equal(host(drawn), host(Generator(5).standard_normal((3, 2), dtype="float64")))
-    np.testing.assert_allclose(host(z2), host(mu) + np.exp(host(logvar) / 2) * host(drawn), rtol=1e-12)
+    # mu, logvar (b, 1, Z) against eps (b, k, Z): k draws for each row, as importance sampling uses it
+    mu3, logvar3, eps3 = on_backend(rng.standard_normal((2, 1, 3)), rng.standard_normal((2, 1, 3)),
+                                    rng.standard_normal((2, 4, 3)))
+    z3 = host(dist.reparameterize(mu3, logvar3, eps3))
+    assert z3.shape == (2, 4, 3)
+    np.testing.assert_allclose(z3, host(mu3) + np.exp(host(logvar3) / 2) * host(eps3), rtol=1e-12)
 
 
-def test_reparameterize_bad_input(rng):
-    mu, logvar = on_backend(np.zeros((3, 2)), np.zeros((3, 2)))
-    with pytest.raises(ValueError, match=r"eps: expected shape \(3, 2\), got \(3, 3\)"):
-        dist.reparameterize(mu, logvar, on_backend(np.zeros((3, 3)))[0])
-    with pytest.raises(ValueError, match="rng: expected a Generator when eps is None, got None"):
-        dist.reparameterize(mu, logvar)  # no hidden global random state to fall back on
+def test_the_model_refuses_eps_of_the_wrong_shape(rng):
+    model = npvae.VAE(4, (3,), 2, dtype="float64")
+    with pytest.raises(ValueError, match=r"eps: expected shape \(N, 2\), got \(3, 3\)"):
+        model.forward(rng.uniform(size=(3, 4)), np.zeros((3, 3)))
 
 
 def sampler_moments_match(reparameterize, n=20_000, k=4.0):
@@ -77,8 +79,8 @@ def sampler_moments_match(reparameterize, n=20_000, k=4.0):
     mu_h = np.array([-2.0, 0.0, 3.0, 0.5])
     logvar_h = np.array([-1.0, 0.0, 2.0, -3.0])
     mu, logvar = on_backend(np.tile(mu_h, (n, 1)), np.tile(logvar_h, (n, 1)))
-    z, _ = reparameterize(mu, logvar, rng=Generator(2024))
-    z = host(z)
+    eps = Generator(2024).standard_normal((n, 4), dtype="float64")
+    z = host(reparameterize(mu, logvar, eps))
     var = np.exp(logvar_h)
     mean_ok = np.abs(z.mean(axis=0) - mu_h) <= k * np.sqrt(var / n)
     var_ok = np.abs(z.var(axis=0, ddof=1) - var) <= k * var * np.sqrt(2.0 / (n - 1))
@@ -93,9 +95,8 @@ def test_the_moment_test_catches_a_sampler_that_takes_exp_logvar_as_sigma():
     # A bug seen in published NumPy VAEs: sigma = exp(logvar) while the KL reads logvar as a
     # log-variance. Forward and backward agree with each other, so a gradient check passes;
     # the moments do not.
-    def wrong(mu, logvar, eps=None, rng=None):
-        eps = rng.standard_normal(tuple(mu.shape), dtype="float64") if eps is None else eps
-        return mu + get_backend().xp.exp(logvar) * eps, eps
+    def wrong(mu, logvar, eps):
+        return mu + get_backend().xp.exp(logvar) * eps
 
     assert not sampler_moments_match(wrong)
 
@@ -120,7 +121,7 @@ def test_logvar_gradient_alone_with_moderate_mu(backward, rng):
         dlogvar = dist.gaussian_kl_backward(g, mu, logvar)[1]
     else:
         g = on_backend(rng.uniform(-1, 1, (4, 3)))[0]
-        f = lambda: weighted_sum(dist.reparameterize(mu, logvar, eps)[0], g)  # noqa: E731
+        f = lambda: weighted_sum(dist.reparameterize(mu, logvar, eps), g)  # noqa: E731
         dlogvar = dist.reparameterize_backward(g, logvar, eps)[1]
     assert_gradients_match(dlogvar, numerical_gradient(f, logvar))
 
@@ -148,7 +149,7 @@ def test_kl_matches_its_formula_and_a_monte_carlo_estimate():
     # KL = E_{z~q}[ log q(z) - log p(z) ]: average over M samples, with its standard error.
     m = 200_000
     mu, logvar = on_backend(np.tile(mu_h, (m, 1)), np.tile(logvar_h, (m, 1)))
-    z, _ = dist.reparameterize(mu, logvar, rng=Generator(11))
+    z = dist.reparameterize(mu, logvar, Generator(11).standard_normal((m, 3), dtype="float64"))
     zeros = on_backend(np.zeros((1, 3)))[0]
     terms = host(dist.gaussian_log_density(z, mu, logvar) - dist.gaussian_log_density(z, zeros, zeros))
     estimate, se = terms.mean(), terms.std(ddof=1) / np.sqrt(m)

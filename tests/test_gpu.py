@@ -46,95 +46,88 @@ def test_cupy_gradient_check(use_backend):
     assert report.max_error < 1e-6, str(report)
 
 
-def test_fused_cupy_kernels_match_the_formulas(use_backend):
-    """The fused CuPy kernels (Adam, the activation gradients) against the math on the host."""
-    cupy_backend_or_skip()
-    use_backend("cupy")
-    from npvae import kernels
-
-    rng = np.random.default_rng(3)
-    for dtype, rtol in (("float32", 2e-6), ("float64", 1e-13)):
-        p, g = rng.standard_normal(1000), rng.standard_normal(1000)
-        m, v = rng.standard_normal(1000) * 1e-2, rng.uniform(size=1000) * 1e-3
-        arrays = [npvae.asarray(a, dtype=dtype) for a in (p, g, m, v)]
-        generic = [npvae.asarray(a, dtype=dtype) for a in (p, g, m, v)]
-        kernels.adam_update(*arrays, None, 1e-3, 0.9, 0.999, 1e-8)
-        kernels._adam_generic(*generic, 1e-3, 0.9, 0.999, 1e-8)  # the plain xp code, on CuPy arrays
-        m_new, v_new = 0.9 * m + g, 0.999 * v + g * g
-        expected = (p - 1e-3 * m_new / (np.sqrt(v_new) + 1e-8), g, m_new, v_new)
-        for got, xp_code, want in zip(arrays, generic, expected, strict=True):
-            np.testing.assert_allclose(host(got), want, rtol=rtol, atol=1e-12)
-            np.testing.assert_allclose(host(got), host(xp_code), rtol=rtol, atol=1e-12)
-        dout, out = rng.standard_normal((9, 7)), np.maximum(rng.standard_normal((9, 7)), 0)
-        relu = kernels.relu_backward(npvae.asarray(dout, dtype=dtype), npvae.asarray(out, dtype=dtype))
-        np.testing.assert_allclose(host(relu), dout * (out > 0), rtol=rtol)
-        tanh = kernels.tanh_backward(npvae.asarray(dout, dtype=dtype), npvae.asarray(out, dtype=dtype))
-        np.testing.assert_allclose(host(tanh), dout * (1 - out * out), rtol=rtol, atol=1e-7)
-        assert type(relu).__module__.startswith("cupy") and str(relu.dtype) == dtype
-
-
-def _latent_and_decoder_cases(rng, dtype):
-    """Each fused kernel of npvae.distributions, called through the public function that
-    uses it, on fresh random inputs (logits up to +-40, where exp(-|l|) underflows in float32)."""
+def _cupy_cases(rng, dtype):
+    """Each CuPy replacement, called through the textbook function it replaces, on fresh
+    random inputs (logits up to +-40, where exp(-|l|) underflows in float32)."""
     from npvae import distributions as dist
+    from npvae.layers import Dense, FlatParameters, ReLU, Tanh
+    from npvae.optim import Adam
 
     n, z, d = 33, 7, 50
     mu, logvar, eps, dz = (rng.standard_normal((n, z)) for _ in range(4))
     x, logits = rng.uniform(size=(n, d)), 40 * rng.standard_normal((n, d)) ** 3 / 27
-    dkl_rows = rng.standard_normal(n)
+    rows, dout, out = rng.standard_normal(n), rng.standard_normal((n, d)), np.maximum(rng.standard_normal((n, d)), 0)
+    p0, grads = rng.standard_normal(1000), [rng.standard_normal(1000) for _ in range(3)]
 
     def a(v):
         return npvae.asarray(v, dtype=dtype)
 
+    def dense():
+        layer = Dense(z, d)
+        FlatParameters([("d", layer)], seed=0, dtype=dtype)
+        dx = layer.backward(a(dout), a(dz))
+        return dx, layer.dW, layer.db
+
+    def adam():
+        opt = Adam(a(p0), lr=1e-2)
+        for g in grads:
+            opt.step(a(g))
+        return opt.params, opt.m, opt.v
+
     return {
-        "reparameterize": lambda: dist.reparameterize(a(mu), a(logvar), a(eps))[0],
-        "reparameterize_backward": lambda: dist.reparameterize_backward(a(dz), a(logvar), a(eps))[1],
-        "gaussian_kl": lambda: dist.gaussian_kl(a(mu), a(logvar)),
-        "gaussian_kl_backward": lambda: dist.gaussian_kl_backward(-0.25, a(mu), a(logvar))
-        + dist.gaussian_kl_backward(a(dkl_rows), a(mu), a(logvar)),
-        "bernoulli_log_likelihood": lambda: dist.bernoulli_log_likelihood_and_grad(a(x), a(logits))[0],
-        "bernoulli_grad": lambda: dist.bernoulli_log_likelihood_and_grad(a(x), a(logits))[1],
+        "distributions.reparameterize": lambda: dist.reparameterize(a(mu), a(logvar), a(eps)),
+        "distributions.reparameterize_backward": lambda: dist.reparameterize_backward(a(dz), a(logvar), a(eps)),
+        "distributions.gaussian_kl": lambda: dist.gaussian_kl(a(mu), a(logvar)),
+        "distributions.gaussian_kl_backward": lambda: dist.gaussian_kl_backward(-0.25, a(mu), a(logvar))
+        + dist.gaussian_kl_backward(a(rows), a(mu), a(logvar)),
+        "distributions.bernoulli_log_likelihood": lambda: dist.bernoulli_log_likelihood(a(x), a(logits)),
+        "distributions.bernoulli_log_likelihood_backward": lambda: (
+            dist.bernoulli_log_likelihood_backward(-1.0 / n, a(x), a(logits)),
+            dist.bernoulli_log_likelihood_backward(a(rows), a(x), a(logits))),
+        "layers.Dense.backward": dense,
+        "layers.ReLU.backward": lambda: ReLU().backward(a(dout), a(out)),
+        "layers.Tanh.backward": lambda: Tanh().backward(a(dout), a(np.tanh(out))),
+        "optim.Adam.step": adam,
     }
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float32", 2e-5), ("float64", 1e-12)])
-def test_fused_distribution_kernels_match_the_xp_code(use_backend, monkeypatch, dtype, rtol):
-    """On CuPy, the reparameterization, the KL, their gradients and the Bernoulli decoder run
-    as fused kernels; each gives what the plain xp code gives on NumPy, and is really used."""
-    cupy_backend_or_skip()
-    from npvae import kernels
-
-    launched = []
-    build = kernels._cupy_kernel
-    monkeypatch.setattr(kernels, "_cupy_kernel", lambda cupy, name: launched.append(name) or build(cupy, name))
-    fused_names = (set(kernels._CUPY_SOURCES) | set(kernels._CUPY_ROW_SUMS)) - {"adam", "relu_backward", "tanh_backward"}
-    for name in sorted(fused_names):
-        results = {}
-        for backend_name in ("numpy", "cupy"):
-            use_backend(backend_name)
-            out = _latent_and_decoder_cases(np.random.default_rng(7), dtype)[name]()
-            outs = out if isinstance(out, tuple) else (out,)
-            results[backend_name] = [host(o) for o in outs]
-            if backend_name == "cupy":
-                assert all(str(o.dtype) == dtype for o in outs), name
-        assert name in launched, f"{name}: the fused kernel was not used on CuPy"
-        for want, got in zip(results["numpy"], results["cupy"], strict=True):
-            assert np.all(np.isfinite(got)), name
-            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max(), err_msg=name)
-
-
-def test_fused_kernels_step_aside_for_mixed_dtypes(use_backend):
-    """A kernel computes in one type, so arrays of two dtypes take the xp code (no error),
-    and the result has NumPy's promoted dtype, as on every other backend."""
+def test_every_cupy_replacement_equals_its_textbook_function(use_backend, monkeypatch, dtype, rtol):
+    """On CuPy arrays, each replacement in npvae.fast.cupy_kernels runs (it is counted) and
+    gives what the textbook function gives on the same CuPy arrays."""
     cupy_backend_or_skip()
     use_backend("cupy")
-    from npvae import distributions as dist, kernels
+    from npvae import replaceable
+
+    names = sorted(n for n, libs in replaceable.active().items() if "cupy" in libs and n != "random.device_uploader")
+    assert names == sorted(_cupy_cases(np.random.default_rng(0), dtype))
+    for name in names:
+        ran = []
+        fast = replaceable._TABLE[name]["cupy"]
+        monkeypatch.setitem(replaceable._TABLE[name], "cupy", lambda *a, _f=fast, **k: ran.append(1) or _f(*a, **k))
+        got = _cupy_cases(np.random.default_rng(7), dtype)[name]()
+        with npvae.textbook():
+            want = _cupy_cases(np.random.default_rng(7), dtype)[name]()
+        assert ran, f"{name}: the CuPy replacement did not run"
+        got, want = (got if isinstance(got, tuple) else (got,)), (want if isinstance(want, tuple) else (want,))
+        for g, w in zip(got, want, strict=True):
+            assert type(g).__module__.startswith("cupy") and str(g.dtype) == dtype, name
+            g, w = host(g), host(w)
+            assert np.all(np.isfinite(g)), name
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * np.abs(w).max(), err_msg=name)
+
+
+def test_cupy_replacements_step_aside_for_mixed_dtypes(use_backend):
+    """A kernel computes in one type, so arrays of two dtypes take the textbook code (no
+    error), and the result has NumPy's promoted dtype, as on every other backend."""
+    cupy_backend_or_skip()
+    use_backend("cupy")
+    from npvae import distributions as dist
 
     rng = np.random.default_rng(5)
     mu, logvar = (npvae.asarray(rng.standard_normal((4, 3)), dtype="float32") for _ in range(2))
     eps = npvae.asarray(rng.standard_normal((4, 3)), dtype="float64")
-    assert kernels.fused("reparameterize", mu, logvar, eps) is None
-    z, _ = dist.reparameterize(mu, logvar, eps)
+    z = dist.reparameterize(mu, logvar, eps)
     assert str(z.dtype) == "float64"
     want = host(mu) + np.exp(host(logvar) / 2) * host(eps)
     np.testing.assert_allclose(host(z), want, rtol=1e-6)
@@ -148,7 +141,7 @@ def test_generator_on_cupy_gives_numpys_draws_while_the_gpu_is_busy(use_backend)
     use_backend("cupy")
     import cupy
 
-    from npvae.backend import _PinnedUploads
+    from npvae.fast.cupy_kernels import PinnedUploads as _PinnedUploads
 
     gpu_rng, host_rng = npvae.Generator(11), np.random.default_rng(11)
     busy = cupy.ones((2048, 2048), dtype=cupy.float32)

@@ -7,6 +7,7 @@ import pytest
 
 import npvae
 from npvae import metrics as ev
+from npvae.random import EVALUATION_STREAMS, streams
 from conftest import host, toy_images
 
 D = 36
@@ -27,7 +28,7 @@ def test_evaluate_is_the_mean_negative_elbo(trained):
     assert result["loss"] == pytest.approx(result["reconstruction"] + result["kl"], rel=1e-12)
     assert result == pytest.approx(npvae.evaluate(model, x, batch_size=7), rel=1e-12)  # batching changes nothing
     # The same number from the model's own loss with one eps for the whole set:
-    eps = npvae.Generator(npvae.backend.spawn_seeds(0, 2)[0]).standard_normal((60, 2), dtype="float64")
+    eps = npvae.Generator(streams(0, EVALUATION_STREAMS).elbo).standard_normal((60, 2), dtype="float64")
     assert result["loss"] == pytest.approx(model.loss(x, eps), rel=1e-10)
 
 
@@ -35,10 +36,10 @@ def test_log_likelihood_is_above_the_elbo(trained):
     model, x = trained
     elbo = -npvae.evaluate(model, x)["loss"]
     # k = 1 is an unbiased estimate of the ELBO: equal within a few standard errors.
-    per = ev.log_likelihood(model, x, k=1, seed=1, per_example=True)
+    per = ev.log_marginal_likelihood(model, x, k=1, seed=1, per_example=True)
     assert per.shape == (60,)
     assert abs(per.mean() - elbo) < 4 * per.std(ddof=1) / math.sqrt(len(per))
-    ll = npvae.log_likelihood(model, x, k=1000, seed=1)
+    ll = npvae.log_marginal_likelihood(model, x, k=1000, seed=1)
     assert elbo < ll < 0
 
 
@@ -70,7 +71,7 @@ def test_exact_posterior_makes_the_estimate_exact_for_any_k_and_chunking():
     model.logvar_head.W[...] = 0.0
     model.logvar_head.b[...] = npvae.asarray(-np.log(m_diag))
     for k, max_rows in ((1, 8192), (7, 3), (50, 16)):  # k=7 with 3 rows at a time: streaming log-sum-exp
-        est = ev.log_likelihood(model, x, k=k, max_rows=max_rows, per_example=True)
+        est = ev.log_marginal_likelihood(model, x, k=k, max_rows=max_rows, per_example=True)
         np.testing.assert_allclose(est, true, rtol=1e-10)
     # With the exact posterior, KL(Q || P(z|x)) = 0, so the ELBO is log p(x) too (in
     # expectation: the loss's single-sample reconstruction term varies with eps).
@@ -81,7 +82,7 @@ def test_exact_posterior_makes_the_estimate_exact_for_any_k_and_chunking():
 
 def test_estimate_grows_with_k_and_converges_to_the_true_log_likelihood():
     model, x, true, *_ = ppca(seed=1)  # the encoder is random: a poor proposal, a wide gap
-    lls = [npvae.log_likelihood(model, x, k=k, seed=2) for k in (1, 10, 100, 1000, 10000)]
+    lls = [npvae.log_marginal_likelihood(model, x, k=k, seed=2) for k in (1, 10, 100, 1000, 10000)]
     assert lls == sorted(lls)  # grows with k ...
     assert lls[0] < true.mean() - 1.0  # ... from far below ...
     assert abs(lls[-1] - true.mean()) < 0.05  # ... to the true value
@@ -107,7 +108,7 @@ def test_active_units(trained):
 def test_bad_k(trained):
     model, x = trained
     with pytest.raises(ValueError, match="k: expected a positive integer, got 0"):
-        npvae.log_likelihood(model, x, k=0)
+        npvae.log_marginal_likelihood(model, x, k=0)
 
 
 # -- a very small or very large posterior variance -----------------------------------------
@@ -120,7 +121,7 @@ def _direct_estimate(model, x, k, seed=0):
         (z_i - mu) / sigma = eps_i exactly, so log N(z_i; mu, sigma^2) = -1/2 sum(eps_i^2 + logvar + log 2 pi).
     """
     n, zdim = x.shape[0], model.latent_dim
-    g = npvae.Generator(npvae.backend.spawn_seeds(seed, 2)[1])
+    g = npvae.Generator(streams(seed, EVALUATION_STREAMS).importance)
     eps = host(g.standard_normal((n, k, zdim), dtype=model.dtype))  # (N, k, Z)
     m64 = npvae.VAE(model.input_dim, model.hidden_dims, zdim, dtype="float64")
     m64.params[...] = npvae.asarray(host(model.params), "float64")
@@ -147,7 +148,7 @@ def test_log_likelihood_is_finite_and_right_for_extreme_logvar(dtype, rtol, logv
     a, b = blocks["theta.logvar.b"]
     model.params[a:b] = npvae.asarray(np.array(logvars), dtype)  # ... it is these numbers
     np.testing.assert_array_equal(host(model.encode(x)[1]), np.tile(np.array(logvars, dtype), (8, 1)))
-    est = ev.log_likelihood(model, x, k=20, per_example=True)
+    est = ev.log_marginal_likelihood(model, x, k=20, per_example=True)
     assert np.all(np.isfinite(est))
     # float64: the same number as the direct computation; float32: as its float64 version
     np.testing.assert_allclose(est, _direct_estimate(model, x, k=20), rtol=rtol)
@@ -162,8 +163,8 @@ def small():
 
 @pytest.mark.parametrize("call", [
     lambda m, x: npvae.evaluate(m, x),
-    lambda m, x: ev.log_likelihood(m, x, k=3),
-    lambda m, x: ev.log_likelihood(m, x, k=3, per_example=True),
+    lambda m, x: ev.log_marginal_likelihood(m, x, k=3),
+    lambda m, x: ev.log_marginal_likelihood(m, x, k=3, per_example=True),
     lambda m, x: ev.unit_activity(m, x),
     lambda m, x: npvae.active_units(m, x),
 ])
@@ -179,7 +180,7 @@ def test_no_rows_is_an_error(small, call):
     ("batch_size", lambda m, x, v: npvae.evaluate(m, x, batch_size=v)),
     ("batch_size", lambda m, x, v: ev.unit_activity(m, x, batch_size=v)),
     ("batch_size", lambda m, x, v: npvae.active_units(m, x, batch_size=v)),
-    ("max_rows", lambda m, x, v: ev.log_likelihood(m, x, k=3, max_rows=v)),
+    ("max_rows", lambda m, x, v: ev.log_marginal_likelihood(m, x, k=3, max_rows=v)),
 ])
 def test_bad_batch_size_and_max_rows(small, name, call, value):
     model, x = small

@@ -101,11 +101,11 @@ class RedrawsEps(npvae.VAE):
     """The second published bug: when the model draws the noise itself, the backward pass
     draws its own, different eps (given an eps, it uses that one in both)."""
 
-    def _loss_and_grads(self, x, eps, beta):
+    def loss_and_grads(self, x, eps=None, beta=1.0):
         if eps is not None:
-            return super()._loss_and_grads(x, eps, beta)
-        res = super()._loss_and_grads(x, None, beta)  # the loss and eps reported: eps_1 ...
-        super()._loss_and_grads(x, None, beta)  # ... the gradient left behind: eps_2
+            return super().loss_and_grads(x, eps, beta)
+        res = super().loss_and_grads(x, None, beta)  # the loss and eps reported: eps_1 ...
+        super().loss_and_grads(x, None, beta)  # ... the gradient left behind: eps_2
         return res
 
 
@@ -196,7 +196,7 @@ def test_repr_and_config():
     "kwargs, message",
     [
         ({"likelihood": "poisson"}, r"likelihood: expected one of \('bernoulli', 'gaussian'\), got 'poisson'"),
-        ({"activation": "sigmoid"}, r"activation: expected one of \('relu', 'tanh'\), got 'sigmoid'"),
+        ({"activation": "gelu"}, r"activation: expected one of \('relu', 'tanh', 'sigmoid'\), got 'gelu'"),
         ({"dtype": "float16"}, r"dtype: expected one of \('float32', 'float64'\), got 'float16'"),
         ({"latent_dim": 0}, r"latent_dim: expected a positive integer, got 0"),
         ({"hidden_dims": (4, -1)}, r"hidden_dims\[1\]: expected a positive integer, got -1"),

@@ -1,0 +1,94 @@
+"""Where speed plugs in: a textbook function marked ``@replaceable`` may be replaced, for the
+arrays of one library, by a faster function that computes the same thing.
+
+The teaching modules (``layers``, ``distributions``, ``vae``, ``optim``) hold the math, once,
+in plain ``xp`` code. A few of those functions are hot in training; ``npvae.fast`` (which the
+teaching modules never import) registers faster versions of them, one per array library::
+
+    @replaceable                          # in npvae/distributions.py: the textbook
+    def gaussian_kl(mu, logvar): ...
+
+    register(gaussian_kl, "cupy", fused_kl)   # in npvae/fast/: the same KL, one GPU kernel
+
+A call looks at the library of its first array argument ("numpy", "cupy", ...) and runs the
+replacement registered for it, if any and if replacements are on; otherwise the textbook
+function runs. Replacements are off:
+
+- for the whole process when ``NPVAE_FAST=0`` (``npvae`` then never imports ``npvae.fast``,
+  so nothing is registered and every step runs exactly the textbook code);
+- inside ``with textbook(): ...`` (``npvae.textbook()``), for the code in the block.
+
+``active()`` lists what is registered. The tests check that every replacement equals its
+textbook function on the shapes and dtypes training uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import numpy as np
+
+_TABLE: dict = {}  # "module.function" -> {library name: replacement}
+_ON = [os.environ.get("NPVAE_FAST", "1").strip() != "0"]
+
+
+def replaceable(fn):
+    """Mark ``fn`` as replaceable: the call runs ``fn`` unless a replacement is registered for
+    the library of its first array argument (see the module docstring)."""
+    name = f"{fn.__module__.removeprefix('npvae.')}.{fn.__qualname__}"
+    table = _TABLE.setdefault(name, {})
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if table and _ON[0]:
+            faster = table.get(_library(args))
+            if faster is not None:
+                return faster(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    call.textbook = fn  # the function as written, always
+    call.replaceable_name = name
+    return call
+
+
+def register(function, library, replacement):
+    """Run ``replacement`` instead of the ``@replaceable`` ``function`` for arrays of
+    ``library`` ("numpy" or "cupy")."""
+    _TABLE[function.replaceable_name][library] = replacement
+
+
+def active() -> dict:
+    """{"module.function": [libraries with a replacement]} for what is registered and on."""
+    if not _ON[0]:
+        return {}
+    return {name: sorted(libs) for name, libs in _TABLE.items() if libs}
+
+
+@contextlib.contextmanager
+def textbook():
+    """``with npvae.textbook(): ...`` runs the block with every replacement off."""
+    before = _ON[0]
+    _ON[0] = False
+    try:
+        yield
+    finally:
+        _ON[0] = before
+
+
+_LIBRARIES: dict = {np.ndarray: "numpy"}  # array type -> library name, learned on first sight
+
+
+def _library(args) -> str | None:
+    """The library of the first array among ``args`` ("numpy", "cupy", "array_api_strict"),
+    or the name of the first ``npvae.backend.Backend`` among them."""
+    for a in args:
+        library = _LIBRARIES.get(type(a))
+        if library is None and hasattr(a, "__array_namespace__"):
+            library = _LIBRARIES[type(a)] = type(a).__module__.split(".")[0]
+        if library is None and type(a).__name__ == "Backend":
+            library = a.name  # npvae.backend.Backend: "numpy", "cupy" or "strict"
+        if library is not None:
+            return library
+    return None
