@@ -3,6 +3,8 @@
     python benchmarks/bench_train.py                  # 6 epochs each, alternating
     python benchmarks/bench_train.py --epochs 20      # is the epoch time flat?
     python benchmarks/bench_train.py --scaling        # epoch time vs batch size and width
+    python benchmarks/bench_train.py --baseline DIR   # and another checkout of npvae, alternating
+    python benchmarks/bench_train.py --baseline DIR --compare   # step time against DIR, in bursts
 
 The model is PyTorch's examples VAE: 784-400-20, ReLU, Bernoulli on grey levels, Adam 1e-3,
 batch 128, float32, one epoch = every training image once (469 steps on 60,000 images). The
@@ -15,6 +17,11 @@ the same number of threads (--threads). Printed: every epoch's time and resident
 the median of epochs 2-6 and the ratio npvae / PyTorch; then npvae's step split into matrix
 products, elementwise work and optimizer, against the GEMM throughput measured in this run;
 then peak memory. PyTorch is optional: without it only npvae runs.
+
+``--baseline DIR`` adds a third worker: the npvae package of another checkout (``git worktree
+add /tmp/base <commit>``), imported from DIR, trained the same way (``npvae.fit``) in the same
+alternation, so a change's cost is measured against its parent in one run: the ratio of the
+two medians, and of their step times (epoch time / steps).
 """
 
 from __future__ import annotations
@@ -68,18 +75,24 @@ def say(obj):
 
 
 def worker_npvae(args):
+    if args.baseline:  # the other checkout's package, before the installed one
+        sys.path.insert(0, args.baseline)
     import npvae
 
     x, name = load_data()
     model = npvae.VAE(784, (args.hidden,), 20, likelihood="bernoulli", activation="relu", seed=0)
-    say({"ready": True, "data": name, "rss": rss_mb(), "version": npvae.__version__})
+    say({"ready": True, "data": name, "rss": rss_mb(), "version": npvae.__version__,
+         "where": os.path.dirname(os.path.dirname(os.path.abspath(npvae.__file__)))})
 
     def after_epoch(model, row):
         say({"epoch": row["epoch"], "seconds": row["seconds"], "loss": row["loss"], "rss": rss_mb(), "peak": peak_mb()})
         if sys.stdin.readline().strip() != "epoch":
             raise SystemExit(0)
 
-    if sys.stdin.readline().strip() != "epoch":
+    command = sys.stdin.readline().strip()
+    if command.startswith("burst"):
+        return bursts(model, x, args.batch_size, command)
+    if command != "epoch":
         return
     try:
         npvae.fit(model, x, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, progress=False,
@@ -88,6 +101,34 @@ def worker_npvae(args):
         pass
     if args.breakdown:
         say({"breakdown": breakdown(model, x, args.batch_size)})
+
+
+def bursts(model, x, batch_size, command):
+    """Answer "burst N" with the seconds N training steps took, until told anything else.
+
+    A step is what ``fit`` runs on checked input: draw eps, forward, backward, Adam. The
+    baseline's older npvae had no public forward/backward; its step is the private method it
+    had then (``_loss_and_grads``), the same computation."""
+    import npvae
+
+    opt = npvae.optim.Adam(model.params, lr=1e-3)
+    rng = npvae.Generator(0)
+    x = npvae.asarray(x)
+    n, b = x.shape[0], 0
+    if hasattr(model, "backward"):
+        def step(xb, eps):
+            opt.step(model.backward(model.forward(xb, eps), 1.0))
+    else:
+        def step(xb, eps):
+            opt.step(model._loss_and_grads(xb, eps, 1.0).grads)
+    while command.startswith("burst"):
+        start = time.perf_counter()
+        for _ in range(int(command.split()[1])):
+            xb = x[b : b + batch_size]
+            b = (b + batch_size) % (n - batch_size)
+            step(xb, rng.standard_normal((batch_size, model.latent_dim)))
+        say({"seconds": time.perf_counter() - start})
+        command = sys.stdin.readline().strip()
 
 
 def breakdown(model, x, batch_size, reps=40):
@@ -192,14 +233,16 @@ def worker_torch(args):
 # The driver
 # --------------------------------------------------------------------------------------
 class Worker:
-    def __init__(self, framework, args):
+    def __init__(self, framework, args, name=None, baseline=None):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads),
                "MKL_NUM_THREADS": str(args.threads), "NPVAE_BACKEND": "numpy"}
         cmd = [sys.executable, HERE, "--worker", framework, "--epochs", str(args.epochs), "--threads", str(args.threads),
                "--batch-size", str(args.batch_size), "--hidden", str(args.hidden)]
-        if not args.breakdown:
+        if not args.breakdown or baseline:
             cmd.append("--no-breakdown")
-        self.name = framework
+        if baseline:
+            cmd += ["--baseline", baseline]
+        self.name = name or framework
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.hello = self.read()
 
@@ -242,6 +285,10 @@ def run(args):
     print(f"machine: {machine()}")
     print(f"model 784-{args.hidden}-20, batch {args.batch_size}, Adam 1e-3, float32, {args.threads} threads each")
     workers = [Worker("npvae", args)]
+    if args.baseline:
+        workers.append(Worker("npvae", args, name="base", baseline=os.path.abspath(args.baseline)))
+        for w in workers:
+            print(f"{w.name}: npvae from {w.hello['where']}")
     torch_worker = Worker("torch", args)
     if "missing" in torch_worker.hello:
         print(f"PyTorch: skipped, {torch_worker.hello['missing']}")
@@ -274,6 +321,13 @@ def run(args):
         print(f", PyTorch {summary['torch']:.2f} s; ratio npvae / PyTorch = {summary['ratio']:.2f} (target <= 0.90)")
     else:
         print()
+    if "base" in rows:
+        summary["base"] = median("base")
+        summary["vs_base"] = summary["npvae"] / summary["base"]
+        steps = -(-60_000 // args.batch_size)
+        print(f"baseline ({args.baseline}): median {summary['base']:.2f} s; step {1e3 * summary['base'] / steps:.2f} ms "
+              f"against npvae's {1e3 * summary['npvae'] / steps:.2f} ms; ratio npvae / baseline = "
+              f"{summary['vs_base']:.3f} (target <= 1.03)")
     for name in rows:  # PyTorch's lines show how much of the spread is the machine's
         times = [r["seconds"] for r in rows[name][1:]]
         if len(times) > 1:
@@ -296,6 +350,36 @@ def run(args):
                   f"products run at {b['step_gflops']:.0f} GFLOP/s, a 1024^3 SGEMM at {b['peak_gflops']:.0f} GFLOP/s")
             summary["breakdown"] = b
     return summary
+
+
+def compare(args):
+    """npvae against another checkout (``--baseline DIR``), step time only: the two workers take
+    turns running short bursts of steps, so both see the same machine; printed are each one's
+    median step time and the median of the paired ratios (burst i of one over burst i of the
+    other), which cancels drifts in the machine's speed that last longer than a burst."""
+    print(f"machine: {machine()}")
+    print(f"model 784-{args.hidden}-20, batch {args.batch_size}, Adam 1e-3, float32, {args.threads} threads each")
+    workers = [Worker("npvae", args), Worker("npvae", args, name="base", baseline=os.path.abspath(args.baseline))]
+    for w in workers:
+        print(f"{w.name}: npvae from {w.hello['where']}")
+    times = {w.name: [] for w in workers}
+    for i in range(args.rounds + 1):
+        for w in (workers if i % 2 else workers[::-1]):  # who goes first alternates too
+            w.proc.stdin.write(f"burst {args.burst}\n")
+            w.proc.stdin.flush()
+            seconds = w.read()["seconds"]
+            if i:  # the first round warms up
+                times[w.name].append(1e3 * seconds / args.burst)
+    for w in workers:
+        w.close()
+    ratios = sorted(a / b for a, b in zip(times["npvae"], times["base"]))
+    quart = len(ratios) // 4
+    for name, ms in times.items():
+        print(f"{name:<6} step: median {statistics.median(ms):.3f} ms over {len(ms)} bursts of {args.burst} steps "
+              f"(fastest {min(ms):.3f} ms)")
+    print(f"step time npvae / baseline: median of paired ratios {statistics.median(ratios):.3f} (middle half "
+          f"{ratios[quart]:.3f} to {ratios[-quart - 1]:.3f}); target <= 1.03")
+    return {"ratio": statistics.median(ratios)}
 
 
 def scaling(args):
@@ -321,6 +405,11 @@ def main():
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--scaling", action="store_true", help="the table of epoch time against batch size and width")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false")
+    p.add_argument("--baseline", metavar="DIR", help="another checkout of npvae to time alongside, alternating")
+    p.add_argument("--compare", action="store_true",
+                   help="with --baseline: step times only, in alternating bursts (the robust comparison)")
+    p.add_argument("--rounds", type=int, default=60, help="--compare: bursts per checkout (default 60)")
+    p.add_argument("--burst", type=int, default=50, help="--compare: steps per burst (default 50)")
     p.add_argument("--worker", choices=("npvae", "torch"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker == "npvae":
@@ -329,6 +418,10 @@ def main():
         worker_torch(args)
     elif args.scaling:
         scaling(args)
+    elif args.compare:
+        if not args.baseline:
+            p.error("--compare needs --baseline DIR")
+        compare(args)
     else:
         run(args)
 

@@ -71,10 +71,6 @@ then the elements, big-endian, row-major. ``read_idx`` reads it.
 Fashion-MNIST's article names); ``LABEL_KIND[name]`` says whether a label is a ``"digit"`` or a
 ``"class"``.
 
-``binarize_static(x, seed)`` draws one fixed Bernoulli sample of grey-level images (the
-"statically binarized MNIST" convention); dynamic binarization (a new draw every epoch) is the
-training code's business.
-
 References:
     Y. LeCun, L. Bottou, Y. Bengio and P. Haffner (1998). Gradient-based learning applied to
     document recognition. Proceedings of the IEEE 86(11), 2278-2324. The MNIST database, by
@@ -809,27 +805,3 @@ def _download_error(name, fname, known, folder, errors, data_dir=None) -> Datase
         f"{name}: the data files are not on this machine and {fname} could not be downloaded "
         f"(no network, or too slow?). Tried:\n{tried}\n" + _where_to_put(name, data_dir)
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Static binarization
-# ---------------------------------------------------------------------------------------
-def binarize_static(x, seed: int) -> np.ndarray:
-    """One fixed Bernoulli draw of grey-level images: ``b = (u < x)``, ``u ~ U[0, 1)`` iid.
-
-    ``x``: a host float array with values in [0, 1] (any shape); each pixel becomes 1 with
-    probability ``x`` (so ``E[b] = x``). ``seed`` (an int) fixes the draw: the same ``x`` and
-    ``seed`` give the same float32 array of 0s and 1s, ``x``'s shape, every time.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed: expected an int (a fixed draw needs a fixed seed), got {seed!r}")
-    x = np.asarray(x)
-    if x.dtype.kind not in "fiub":
-        raise TypeError(f"x: expected a real-valued array, got dtype {x.dtype}")
-    if not np.all((x >= 0) & (x <= 1)):  # also catches NaN
-        raise ValueError(
-            f"x: expected values in [0, 1] (pixel / 255), got min {np.nanmin(x)}, "
-            f"max {np.nanmax(x)}{' and NaN' if np.isnan(x).any() else ''}"
-        )
-    rng = np.random.default_rng(seed)
-    return (rng.uniform(size=x.shape) < x).astype(np.float32)

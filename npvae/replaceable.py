@@ -59,6 +59,11 @@ def register(function, library, replacement):
     _TABLE[function.replaceable_name][library] = replacement
 
 
+def replacement(function, library):
+    """The function registered to replace ``function`` for ``library``, or None."""
+    return _TABLE[function.replaceable_name].get(library)
+
+
 def active() -> dict:
     """{"module.function": [libraries with a replacement]} for what is registered and on."""
     if not _ON[0]:
@@ -77,7 +82,7 @@ def textbook():
         _ON[0] = before
 
 
-_LIBRARIES: dict = {np.ndarray: "numpy"}  # array type -> library name, learned on first sight
+_LIBRARIES: dict = {np.ndarray: "numpy"}  # type -> library name ("" for none), learned on first sight
 
 
 def _library(args) -> str | None:
@@ -85,10 +90,16 @@ def _library(args) -> str | None:
     or the name of the first ``npvae.backend.Backend`` among them."""
     for a in args:
         library = _LIBRARIES.get(type(a))
-        if library is None and hasattr(a, "__array_namespace__"):
-            library = _LIBRARIES[type(a)] = type(a).__module__.split(".")[0]
-        if library is None and type(a).__name__ == "Backend":
-            library = a.name  # npvae.backend.Backend: "numpy", "cupy" or "strict"
-        if library is not None:
+        if library is None:
+            library = _LIBRARIES[type(a)] = _learn(type(a))
+        if library == "Backend":
+            return a.name  # npvae.backend.Backend: "numpy", "cupy" or "strict"
+        if library:
             return library
     return None
+
+
+def _learn(kind) -> str:
+    if hasattr(kind, "__array_namespace__"):
+        return kind.__module__.split(".")[0]
+    return "Backend" if kind.__name__ == "Backend" else ""

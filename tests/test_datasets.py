@@ -809,29 +809,3 @@ def test_class_names():
         assert len(set(datasets.class_names(name))) == datasets.N_CLASSES
     with pytest.raises(ValueError, match=r"^name: expected one of .*, got 'cifar'$"):
         datasets.class_names("cifar")
-
-
-# ---------------------------------------------------------------------------------------
-# Static binarization
-# ---------------------------------------------------------------------------------------
-def test_binarize_static(subset):
-    x = subset[0][0][:2000]
-    b = datasets.binarize_static(x, seed=0)
-    assert b.dtype == np.float32 and b.shape == x.shape
-    assert set(np.unique(b).tolist()) <= {0.0, 1.0}
-    # E[b] = x; the mean of n independent Bernoulli(p_i) has variance sum p_i (1 - p_i) / n^2
-    p = x.astype(np.float64)
-    se = np.sqrt(np.sum(p * (1 - p))) / p.size
-    assert abs(b.mean() - p.mean()) < 4 * se
-    assert np.all(b[x == 0] == 0) and np.all(b[x == 1] == 1)
-    np.testing.assert_array_equal(datasets.binarize_static(x, seed=0), b)  # a fixed draw
-    assert not np.array_equal(datasets.binarize_static(x, seed=1), b)
-
-
-def test_binarize_static_bad_input():
-    with pytest.raises(TypeError, match="seed: expected an int"):
-        datasets.binarize_static(np.zeros(3), seed=None)
-    with pytest.raises(ValueError, match=r"x: expected values in \[0, 1\].*max 255"):
-        datasets.binarize_static(np.array([0.0, 255.0]), seed=0)
-    with pytest.raises(ValueError, match="and NaN"):
-        datasets.binarize_static(np.array([0.5, np.nan]), seed=0)
