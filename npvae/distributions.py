@@ -16,6 +16,8 @@ and its pieces are here:
 - the log-density of a diagonal Gaussian (``gaussian_log_density``, and
   ``gaussian_log_density_at_sample`` for a z made from a known eps), for the importance
   sampled log-likelihood;
+- the lecture's full-covariance posterior N(mu, Sigma), Sigma = L L^T, by its Cholesky factor L
+  (``scale_tril``, ``reparameterize_full``, ``full_gaussian_kl``, ``full_gaussian_log_density``);
 - ``sigmoid`` and ``softplus``, the two functions of a logit that the Bernoulli needs.
 
 We parameterize the Gaussian by its log-variance ``logvar = log sigma^2``, never by sigma:
@@ -30,7 +32,8 @@ and returns the gradients with respect to ``f``'s inputs.
 ``@replaceable`` marks a function that ``npvae.fast`` may replace, for NumPy or CuPy arrays,
 by a faster one with the same results (``NPVAE_FAST=0`` runs exactly the code below).
 
-Shape letters: N batch, D data dimension, Z latent dimension.
+Shape letters: N batch, D data dimension, Z latent dimension, K = Z(Z-1)/2 (entries below
+the diagonal of a Z x Z matrix).
 """
 
 from __future__ import annotations
@@ -208,3 +211,180 @@ def _per_row(d):
     if isinstance(d, (int, float)):
         return d
     return array_namespace(d).reshape(d, (-1, 1))
+
+
+# ---------------------------------------------------------------------------------------
+# The full-covariance posterior Q_theta(z|x) = N(mu, Sigma), Sigma = L L^T
+# ---------------------------------------------------------------------------------------
+# The lecture's encoder gives "mu, Sigma = g_theta(X)" with a full Sigma in R^{Z x Z}. The
+# encoder cannot output Sigma itself: not every symmetric matrix is a covariance (it must be
+# positive definite), and no simple constraint on Z^2 numbers says so. Its Cholesky factor
+# L can be output instead:
+#
+# - any lower-triangular L with a positive diagonal gives a valid covariance L L^T, and
+#   every covariance has exactly one such L: nothing is lost and nothing invalid is possible;
+# - the diagonal is made positive by L_jj = exp(s_j), with s_j over all reals (as logvar is
+#   for the diagonal Gaussian), and the entries below it are free reals;
+# - L is triangular, so det L = prod_j L_jj and log det Sigma = 2 sum_j log L_jj = 2 sum_j s_j:
+#   the log-determinant in the KL and the log-density is a sum, with no factorization;
+# - sampling is z = mu + L eps (Cov = L I L^T = Sigma), and L^{-1} (z - mu) is a forward
+#   substitution.
+#
+# So the encoder gives s = log diag(L) (N, Z) and ``lower`` (N, K), K = Z(Z-1)/2: the
+# strictly-lower entries of L row by row, (1,0), (2,0), (2,1), (3,0), (3,1), (3,2), ...
+# Row i of L holds lower[i(i-1)/2 : i(i-1)/2 + i], then exp(s_i), then zeros.
+# With lower = 0 everything below is the diagonal Gaussian above, with logvar = 2 s.
+def lower_size(z_dim) -> int:
+    """K = Z(Z-1)/2, the number of entries strictly below the diagonal of a Z x Z matrix."""
+    return z_dim * (z_dim - 1) // 2
+
+
+def scale_tril(log_diag, lower):
+    """The Cholesky factor L = diag(exp(s)) + (the strictly-lower entries ``lower``).
+
+        L_ii = exp(s_i),   L_ij = lower[i(i-1)/2 + j]  (j < i),   L_ij = 0  (j > i)
+
+    Args: log_diag: s, (N, Z); lower: (N, K), K = Z(Z-1)/2, row by row.
+    Returns: L: (N, Z, Z), lower-triangular with a positive diagonal.
+    """
+    xp = array_namespace(log_diag)
+    z = log_diag.shape[-1]
+    diag, zero = xp.exp(log_diag), xp.zeros_like(log_diag[..., 0])
+    rows = []
+    for i in range(z):
+        start = i * (i - 1) // 2  # row i's entries in ``lower``: start .. start + i - 1
+        row = [lower[..., start + j] for j in range(i)] + [diag[..., i]] + [zero] * (z - 1 - i)
+        rows.append(xp.stack(row, axis=-1))
+    return xp.stack(rows, axis=-2)
+
+
+def scale_tril_backward(dL, log_diag):
+    """Gradients of ``scale_tril``: each entry of L comes from one input.
+
+        dL_ii / ds_i = exp(s_i)              ->  dlog_diag_i = dL_ii * exp(s_i)
+        dL_ij / dlower[i(i-1)/2 + j] = 1     ->  dlower = dL's strictly-lower entries, row by row
+
+    The entries of dL above the diagonal are ignored (they are 0 in L whatever the inputs).
+
+    Args: dL: (N, Z, Z); log_diag: s, (N, Z). Returns: dlog_diag: (N, Z), dlower: (N, K).
+    """
+    xp = array_namespace(dL)
+    z = log_diag.shape[-1]
+    diag = xp.stack([dL[..., i, i] for i in range(z)], axis=-1)
+    below = [dL[..., i, j] for i in range(z) for j in range(i)]  # row by row, as in ``lower``
+    dlower = xp.stack(below, axis=-1) if below else dL[..., 0, :0]  # Z = 1: K = 0 entries
+    return diag * xp.exp(log_diag), dlower
+
+
+def reparameterize_full(mu, L, eps):
+    """z = mu + L eps, with eps ~ N(0, I): then E[z] = mu and Cov[z] = L I L^T = Sigma.
+
+        z_i = mu_i + sum_{j <= i} L_ij eps_j
+
+    As in ``reparameterize``, eps is an input, so z is a differentiable function of mu and L.
+
+    Args: mu: (N, Z); L: (N, Z, Z); eps: (N, Z) standard normal noise. They may also
+        broadcast: mu (b, 1, Z), L (b, 1, Z, Z), eps (b, k, Z) gives k draws for each row.
+    Returns: z: (N, Z) (the broadcast shape, (b, k, Z)).
+    """
+    xp = array_namespace(mu)
+    return mu + xp.matmul(L, xp.expand_dims(eps, axis=-1))[..., 0]
+
+
+def reparameterize_full_backward(dz, eps):
+    """Gradients of z = mu + L eps, for the *same* eps the forward used.
+
+        dz_i/dmu_k  = [i = k]           ->  dmu  = dz
+        dz_i/dL_kj  = [i = k] eps_j     ->  dL   = dz eps^T, kept on and below the diagonal
+
+    (L's entries above the diagonal are not parameters: their gradient is 0.)
+
+    Args: dz, eps: (N, Z). Returns: dmu: (N, Z), dL: (N, Z, Z), lower-triangular.
+    (For the broadcast form, dz and eps (b, k, Z) give dmu (b, k, Z) and dL (b, k, Z, Z):
+    sum them over the k draws for the gradients of mu (b, 1, Z) and L (b, 1, Z, Z).)
+    """
+    xp = array_namespace(dz)
+    outer = xp.expand_dims(dz, axis=-1) * xp.expand_dims(eps, axis=-2)  # (N, Z, Z): dz_i eps_j
+    return dz, xp.tril(outer)
+
+
+def full_gaussian_log_density(z, mu, L):
+    """log N(z; mu, L L^T) summed over the Z dimensions.
+
+        log N = -1/2 (z - mu)^T Sigma^{-1} (z - mu) - 1/2 log det Sigma - Z/2 log(2 pi)
+              = -1/2 ||u||^2 - sum_j log L_jj - Z/2 log(2 pi),     u = L^{-1} (z - mu)
+
+    since Sigma^{-1} = L^{-T} L^{-1}. u solves L u = z - mu by forward substitution, one row
+    at a time: u_i = ( (z - mu)_i - sum_{j < i} L_ij u_j ) / L_ii.
+
+    Args: z: (..., Z); mu: (..., Z); L: (..., Z, Z), lower-triangular; all broadcastable.
+    Returns: (...).
+    """
+    xp = array_namespace(z)
+    r = z - mu
+    zdim = r.shape[-1]
+    u = []
+    for i in range(zdim):
+        acc = r[..., i]
+        if i > 0:
+            acc = acc - xp.sum(L[..., i, :i] * xp.stack(u, axis=-1), axis=-1)
+        u.append(acc / L[..., i, i])
+    u = xp.stack(u, axis=-1)
+    log_det_l = xp.sum(xp.log(xp.stack([L[..., j, j] for j in range(zdim)], axis=-1)), axis=-1)
+    return -0.5 * xp.sum(u * u, axis=-1) - log_det_l - 0.5 * zdim * LOG_2PI
+
+
+def full_gaussian_log_density_at_sample(eps, log_diag):
+    """``full_gaussian_log_density(z, mu, L)`` at z = mu + L eps, from eps:
+
+        L^{-1} (z - mu) = eps,   log L_jj = s_j
+        ->  log N(z; mu, L L^T) = -1/2 ||eps||^2 - sum_j s_j - Z/2 log(2 pi)
+
+    The same number with no solve: stable when L is ill-conditioned, and it does not need
+    ``lower`` at all. (It is ``gaussian_log_density_at_sample(eps, 2 s)``.)
+
+    Args: eps: (..., Z); log_diag: s, broadcastable to (..., Z). Returns: (...).
+    """
+    xp = array_namespace(eps)
+    return -0.5 * xp.sum(LOG_2PI + 2.0 * log_diag + eps * eps, axis=-1)
+
+
+def full_gaussian_kl(mu, log_diag, lower):
+    """KL(N(mu, L L^T) || N(0, I)) for each row, in nats.
+
+    The KL between Gaussians in Z dimensions, against the prior N(0, I), is
+
+        KL = 1/2 ( tr Sigma + mu^T mu - Z - log det Sigma ).
+
+    With Sigma = L L^T: tr(L L^T) = sum_ij L_ij^2 = ||L||_F^2 = sum_j exp(2 s_j) + sum_k lower_k^2,
+    and log det Sigma = 2 sum_j log L_jj = 2 sum_j s_j. So
+
+        KL = 1/2 ( ||L||_F^2 + ||mu||^2 - Z ) - sum_j s_j
+           = 1/2 sum_j ( exp(2 s_j) - 1 - 2 s_j ) + 1/2 sum_k lower_k^2 + 1/2 sum_j mu_j^2,
+
+    every term >= 0 (e^t >= 1 + t), and 0 exactly at mu = 0, s = 0, lower = 0 (Sigma = I).
+    As in ``gaussian_kl``, exp(2 s) - 1 is ``expm1(2 s)``. With lower = 0 this is
+    ``gaussian_kl(mu, 2 s)``.
+
+    Args: mu, log_diag: (N, Z); lower: (N, K). Returns: (N,).
+    """
+    xp = array_namespace(mu)
+    two_s = 2.0 * log_diag
+    return 0.5 * (xp.sum(xp.expm1(two_s) - two_s, axis=-1) + xp.sum(lower * lower, axis=-1)
+                  + xp.sum(mu * mu, axis=-1))
+
+
+def full_gaussian_kl_backward(dkl, mu, log_diag, lower):
+    """Gradients of ``full_gaussian_kl``, from its second form:
+
+        dKL/dmu    = mu
+        dKL/ds_j   = 1/2 (2 exp(2 s_j) - 2) = exp(2 s_j) - 1
+        dKL/dlower = lower
+
+    Args: dkl: (N,) gradient of the loss w.r.t. each row's KL, or one number for all rows;
+        mu, log_diag: (N, Z); lower: (N, K).
+    Returns: dmu: (N, Z), dlog_diag: (N, Z), dlower: (N, K).
+    """
+    xp = array_namespace(mu)
+    dkl = _per_row(dkl)  # (N, 1), broadcast over Z and K
+    return dkl * mu, dkl * xp.expm1(2.0 * log_diag), dkl * lower
