@@ -176,7 +176,7 @@ def load(path):
             except _Invalid as bad:
                 raise CheckpointError(f"{path}: {bad}") from None
             config = meta["config"]
-            count = parameter_count(config["input_dim"], config["hidden_dims"], config["latent_dim"])
+            count = parameter_count(config["input_dim"], config["hidden_dims"], config["latent_dim"], config["posterior"])
             # the arrays as read, then the model's params, grads and up to two optimizer buffers
             need = sum(spec[2] for spec in specs.values()) + 4 * np.dtype(config["dtype"]).itemsize * count
             total = memory_bytes()
@@ -407,7 +407,7 @@ def _validate_meta(meta) -> dict:
     version 1's settings completed (``dataset``: None). Raises ``_Invalid``."""
     from .optim import OPTIMIZERS
     from .train import BINARIZE, HISTORY_COLUMNS
-    from .vae import ACTIVATIONS, LIKELIHOODS
+    from .vae import ACTIVATIONS, LIKELIHOODS, POSTERIORS
 
     if not isinstance(meta, dict):
         _fail("meta", "a JSON object", meta)
@@ -422,13 +422,15 @@ def _validate_meta(meta) -> dict:
     _keys("meta", meta, MODEL_KEYS + (TRAINING_KEYS if trained else ()))
     meta = dict(meta)
 
-    config = _keys("config", meta["config"], CONFIG_KEYS)
+    config = _keys("config", meta["config"], CONFIG_KEYS, optional=("posterior",))
+    config.setdefault("posterior", "diagonal")  # files from before the full-covariance posterior
     _int("config.input_dim", config["input_dim"], 1)
     hidden = config["hidden_dims"]
     if not (isinstance(hidden, list) and all(_is_int(h) and h >= 1 for h in hidden)):
         _fail("config.hidden_dims", "a list of positive integers", hidden)
     _int("config.latent_dim", config["latent_dim"], 1)
-    for key, allowed in (("likelihood", LIKELIHOODS), ("activation", ACTIVATIONS), ("dtype", DTYPES)):
+    for key, allowed in (("likelihood", LIKELIHOODS), ("activation", ACTIVATIONS), ("dtype", DTYPES),
+                         ("posterior", POSTERIORS)):
         if not (isinstance(config[key], str) and config[key] in allowed):
             _fail(f"config.{key}", f"one of {', '.join(allowed)}", config[key])
     if config["seed"] is not None and not (_is_int(config["seed"]) and config["seed"] >= 0):
@@ -569,7 +571,7 @@ def _validate_specs(specs, meta):
         unexpected = extra[0] if extra else sorted(names - allowed[0])[0]
         raise _Invalid(f"unexpected array {unexpected!r} (expected {', '.join(sorted(allowed[0]))})")
     config = meta["config"]
-    count = parameter_count(config["input_dim"], config["hidden_dims"], config["latent_dim"])
+    count = parameter_count(config["input_dim"], config["hidden_dims"], config["latent_dim"], config["posterior"])
     for name in ["params", *sorted(names - {"meta", "params"})]:
         shape, dtype = specs[name]
         if dtype.kind != "f":

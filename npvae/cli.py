@@ -30,9 +30,9 @@ from .layers import ACTIVATIONS
 TRAIN_DEFAULTS = {
     "dataset": "mnist-subset", "epochs": 30, "latent_dim": 20, "hidden": [400], "likelihood": "bernoulli",
     "activation": "relu", "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "beta": 1.0, "kl_warmup": 0,
-    "binarize": "none", "seed": 0,
+    "binarize": "none", "seed": 0, "posterior": "diagonal",
 }
-MODEL_FLAGS = ("latent_dim", "hidden", "likelihood", "activation")
+MODEL_FLAGS = ("latent_dim", "hidden", "likelihood", "activation", "posterior")
 
 
 def _number(convert, expected, ok):
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_positive_int, nargs="*", default=None, metavar="H", help="hidden widths (default 400)")
     t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=None, help="default bernoulli")
     t.add_argument("--activation", choices=tuple(ACTIVATIONS), default=None, help="default relu")
+    t.add_argument("--posterior", choices=("diagonal", "full"), default=None,
+                   help="Q(z|x) with a diagonal covariance (default) or a full one, Sigma = L L^T")
     t.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None, help="default adam")
     t.add_argument("--lr", type=_positive_float, default=None, help="default 1e-3")
     t.add_argument("--batch-size", type=_positive_int, default=None, help="default 128")
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden widths (default 8 6; none for a linear model)")
     g.add_argument("--latent-dim", type=_positive_int, default=3, help="Z (default 3)")
     g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    g.add_argument("--posterior", choices=("diagonal", "full"), default="diagonal")
     g.add_argument("--activation", choices=tuple(ACTIVATIONS), default="tanh")
     g.add_argument("--batch-size", type=_positive_int, default=5, help="N (default 5)")
     g.add_argument("--entries", type=_positive_int, default=None,
@@ -173,7 +176,7 @@ def cmd_gradcheck(args) -> int:
     from .vae import VAE
 
     model = VAE(args.input_dim, tuple(args.hidden), args.latent_dim, likelihood=args.likelihood,
-                activation=args.activation, dtype="float64", seed=args.seed)
+                activation=args.activation, dtype="float64", seed=args.seed, posterior=args.posterior)
     rng = np.random.default_rng(args.seed)
     x = rng.uniform(0.0, 1.0, size=(args.batch_size, args.input_dim))
     if args.likelihood == "gaussian":
@@ -249,7 +252,7 @@ def _resolve_train_settings(args, model=None):
         if saved.get("dataset") is None and args.dataset is None:
             raise ValueError(f"--dataset: {args.resume} does not say which data it was trained on; give --dataset")
         settings.update(latent_dim=model.latent_dim, hidden=list(model.hidden_dims), likelihood=model.likelihood,
-                        activation=model.activation)
+                        activation=model.activation, posterior=model.posterior_kind)
     return settings
 
 
@@ -322,11 +325,12 @@ def cmd_train(args) -> int:
     if model is None:
         width = 28 * 28
         check_fits_in_memory("--hidden", settings["hidden"],
-                             16 * parameter_count(width, settings["hidden"], settings["latent_dim"]))
+                             16 * parameter_count(width, settings["hidden"], settings["latent_dim"], settings["posterior"]))
     (x_train, y_train), (x_test, y_test) = datasets.load(settings["dataset"], data_dir=args.data_dir)
     if model is None:
         model = VAE(x_train.shape[1], tuple(settings["hidden"]), settings["latent_dim"],
-                    likelihood=settings["likelihood"], activation=settings["activation"], seed=settings["seed"])
+                    likelihood=settings["likelihood"], activation=settings["activation"], seed=settings["seed"],
+                    posterior=settings["posterior"])
     ckpt, csv = os.path.join(out, "checkpoint.npz"), os.path.join(out, "history.csv")
     # where the last complete epoch is saved, and which epoch is being saved (None: none)
     saved = {"path": args.resume, "epoch": model.train_state.epoch if args.resume else 0, "saving": None}
@@ -417,7 +421,12 @@ def _train_figures(model, history, settings, x_test, y_test) -> dict:
     mu = to_numpy(model.encode(x_test)[0])
     names = datasets.class_names(settings["dataset"])
     kind = "digit" if settings["dataset"] in ("mnist", "mnist-subset") else "class"
-    figures["latent.png"] = lambda p: plots.plot_latent(mu, y_test, p, label_name=kind, class_names=names)
+    posteriors = None
+    if model.latent_dim == 2:  # a few posteriors as covariance ellipses over the means
+        q = model.posterior(x_test[:12])
+        posteriors = (to_numpy(q.mean), to_numpy(q.covariance))
+    figures["latent.png"] = lambda p: plots.plot_latent(mu, y_test, p, label_name=kind, class_names=names,
+                                                        posteriors=posteriors)
     if model.latent_dim == 2:
         figures["manifold.png"] = lambda p: plots.plot_manifold(model, p)
     return figures

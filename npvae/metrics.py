@@ -83,18 +83,17 @@ def log_marginal_likelihood(model, x, k=5000, seed=0, max_rows=MAX_ROWS, progres
     for a in range(0, n, ex_per_chunk):
         xb = x[a : min(a + ex_per_chunk, n), ...]  # (b, D)
         b = int(xb.shape[0])
-        mu, logvar = model.encode(xb)
-        mu, logvar = xp.reshape(mu, (b, 1, zdim)), xp.reshape(logvar, (b, 1, zdim))
+        q = model.posterior(xb)  # Q_theta(z|x) for each of the b rows: the proposal
         x3 = xp.reshape(xb, (b, 1, d))
         m = s = None  # running max and scaled sum, (b,)
         for j in range(0, k, k_per_chunk):
             kc = min(k_per_chunk, k - j)
             eps = rng.standard_normal((b, kc, zdim), dtype=model.dtype)
-            z = dist.reparameterize(mu, logvar, eps)  # (b, kc, Z) ~ Q(z|x)
+            z = q.rsample(eps)  # (b, kc, Z) ~ Q(z|x)
             out = xp.reshape(model.decode(xp.reshape(z, (b * kc, zdim))), (b, kc, d))
             log_w = (model.log_p_x_given_z(x3, out)  # log P(x|z)        (b, kc)
                      + dist.gaussian_log_density(z, zeros, zeros)  # + log P(z)
-                     - dist.gaussian_log_density_at_sample(eps, logvar))  # - log Q(z|x)
+                     - q.log_prob_at_sample(eps))  # - log Q(z|x), from eps
             chunk_max = xp.max(log_w, axis=1)
             if m is None:
                 m, s = chunk_max, xp.sum(xp.exp(log_w - xp.reshape(chunk_max, (b, 1))), axis=1)

@@ -291,7 +291,7 @@ def _pca2(mu):
 
 
 def plot_latent(mu, labels, path=None, dpi=DPI, label_name="digit", max_points=None, seed=0,
-                class_names=None) -> Figure:
+                class_names=None, posteriors=None) -> Figure:
     """The posterior means mu(x) of a data set, coloured by class.
 
     Args:
@@ -301,6 +301,9 @@ def plot_latent(mu, labels, path=None, dpi=DPI, label_name="digit", max_points=N
         class_names: the name of each class, indexed by label (e.g.
             ``datasets.class_names("fashion-mnist")``: "T-shirt/top", "Trouser", ...); None
             shows the labels themselves.
+        posteriors: for Z = 2, ``(means (k, 2), covariances (k, 2, 2))`` of a few posteriors
+            Q(z|x), drawn as their 1- and 2-standard-deviation ellipses over the scatter (a
+            tilted ellipse is a correlated posterior, which only ``posterior="full"`` has).
         max_points: plot a random subset of this many points (None: all).
         seed: for that subset and for the jitter of the Z=1 strips.
     Returns:
@@ -374,6 +377,8 @@ def plot_latent(mu, labels, path=None, dpi=DPI, label_name="digit", max_points=N
             rgba = np.array([colors[c] for c in classes])[c_idx]
             ax.scatter(xy[order, 0], xy[order, 1], c=rgba, **point)
         ax.set_aspect("equal", adjustable="datalim")
+        if posteriors is not None and z_dim == 2:
+            _draw_ellipses(ax, *posteriors)
     ax.grid(alpha=0.3)
 
     if labels is not None and z_dim > 1:
@@ -381,6 +386,24 @@ def plot_latent(mu, labels, path=None, dpi=DPI, label_name="digit", max_points=N
         ax.legend(handles=handles, title=label_name, loc="center left", bbox_to_anchor=(1.02, 0.5),
                   frameon=False)
     return _finish(fig, path, dpi)
+
+
+def _draw_ellipses(ax, means, covariances):
+    """The 1- and 2-sigma ellipses of N(mean, cov) for each of k 2-D Gaussians: along the
+    eigenvectors of cov, with half-axes n * sqrt(eigenvalue)."""
+    from matplotlib.patches import Ellipse
+
+    means, covariances = _host(means), _host(covariances)
+    if means.ndim != 2 or means.shape[1] != 2 or covariances.shape != (means.shape[0], 2, 2):
+        raise ValueError(f"posteriors: expected means (k, 2) and covariances (k, 2, 2), got {means.shape} and "
+                         f"{covariances.shape}")
+    for m, cov in zip(means, covariances):
+        values, vectors = np.linalg.eigh(cov)  # ascending
+        angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))  # of the largest axis
+        for n_sd, alpha in ((1, 0.9), (2, 0.45)):
+            width, height = 2 * n_sd * np.sqrt(np.maximum(values[::-1], 0.0))
+            ax.add_patch(Ellipse(m, width, height, angle=angle, fill=False, color="black", lw=1.0, alpha=alpha))
+        ax.plot(*m, "k+", ms=6)
 
 
 # ---------------------------------------------------------------------------------------

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 
 from . import distributions as dist
 from . import layers
-from .backend import DTYPES, get_backend
+from .backend import DTYPES, array_namespace, get_backend
 from .checks import check_fits_in_memory, check_int
 from .layers import MLP, Dense, FlatParameters
 from .random import MODEL_STREAMS, Generator, streams
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+POSTERIORS = ("diagonal", "full")
 ACTIVATIONS = tuple(layers.ACTIVATIONS)  # "relu", "tanh", "sigmoid": one registry, in layers
 
 
@@ -75,32 +76,107 @@ class LossAndGrads:
 class Forward:
     """What ``VAE.forward`` computes for a batch, and what ``VAE.backward`` needs.
 
-    ``x`` (N, D); ``mu``, ``logvar``, ``eps``, ``z`` (N, Z); ``out`` (N, D), the decoder's output
-    (logits or mean); ``log_p`` (N,), log P_phi(x|z) per row; ``kl`` (N,),
-    KL(Q_theta(z|x) || N(0, I)) per row; ``caches``, the layers' caches.
+    ``x`` (N, D); ``mu``, ``eps``, ``z`` (N, Z); ``out`` (N, D), the decoder's output (logits or
+    mean); ``log_p`` (N,), log P_phi(x|z) per row; ``kl`` (N,), KL(Q_theta(z|x) || N(0, I)) per
+    row; ``caches``, the layers' caches. The posterior's scale: ``logvar`` (N, Z) for the
+    diagonal one; ``log_diag`` (N, Z), ``lower`` (N, Z(Z-1)/2) and ``L`` (N, Z, Z) for the
+    full one (the others None).
     """
 
     x: object
     mu: object
-    logvar: object
     eps: object
     z: object
     out: object
     log_p: object
     kl: object
     caches: tuple
+    logvar: object = None
+    log_diag: object = None
+    lower: object = None
+    L: object = None
 
 
-def parameter_count(input_dim, hidden_dims, latent_dim) -> int:
-    """How many parameters ``VAE(input_dim, hidden_dims, latent_dim)`` has, computed from the
-    sizes alone (nothing is allocated): every Dense layer n_in -> n_out has n_in * n_out + n_out.
+class GaussianPosterior:
+    """Q_theta(z|x) = N(mean, Sigma), Sigma = L L^T, for each of N rows, with the names of
+    ``torch.distributions.MultivariateNormal``: ``mean`` (N, Z), ``scale_tril`` L (N, Z, Z),
+    ``covariance`` (N, Z, Z), ``kl()`` = KL(Q || N(0, I)) (N,) in nats, ``log_prob(z)`` (N,),
+    ``rsample(eps)`` = mean + L eps.
 
-    encoder D -> H1 -> ... -> Hk, two heads Hk -> Z, decoder Z -> Hk -> ... -> H1 -> D.
+    Diagonal (``logvar`` given): L = diag(exp(logvar / 2)), and every method runs the
+    diagonal functions of ``distributions``. Full (``log_diag`` and ``lower`` given):
+    L = diag(exp(log_diag)) + the strictly-lower matrix of ``lower`` (N, Z(Z-1)/2), row by row.
+    """
+
+    def __init__(self, mean, logvar=None, log_diag=None, lower=None):
+        self.mean, self.logvar, self.lower = mean, logvar, lower
+        self.log_diag = 0.5 * logvar if logvar is not None else log_diag
+        self.xp = array_namespace(mean)
+
+    @property
+    def scale_tril(self):
+        if self.lower is not None:
+            return dist.scale_tril(self.log_diag, self.lower)
+        sigma = self.xp.exp(self.log_diag)  # (N, Z)
+        return sigma[..., None] * self.xp.eye(sigma.shape[-1], dtype=sigma.dtype, **_device_of(sigma))  # diag(sigma)
+
+    @property
+    def covariance(self):
+        L = self.scale_tril
+        return L @ L.mT  # Sigma = L L^T, (N, Z, Z)
+
+    def kl(self):
+        if self.lower is None:
+            return dist.gaussian_kl(self.mean, self.logvar)
+        return dist.full_gaussian_kl(self.mean, self.log_diag, self.lower)
+
+    def log_prob(self, z):
+        """log N(z; mean, Sigma) for z (N, Z), or (N, k, Z) for k points of each row: (N,) or (N, k)."""
+        if self.lower is None:
+            mean, logvar = (self._stacked(a) for a in (self.mean, self.logvar)) if z.ndim == 3 else (self.mean, self.logvar)
+            return dist.gaussian_log_density(z, mean, logvar)
+        mean, L = (self._stacked(a) for a in (self.mean, self.scale_tril)) if z.ndim == 3 else (self.mean, self.scale_tril)
+        return dist.full_gaussian_log_density(z, mean, L)
+
+    def rsample(self, eps):
+        """z = mean + L eps for eps (N, Z), or (N, k, Z) for k draws of each row."""
+        if self.lower is None:
+            mean, logvar = (self._stacked(a) for a in (self.mean, self.logvar)) if eps.ndim == 3 else (self.mean, self.logvar)
+            return dist.reparameterize(mean, logvar, eps)
+        mean, L = (self._stacked(a) for a in (self.mean, self.scale_tril)) if eps.ndim == 3 else (self.mean, self.scale_tril)
+        return dist.reparameterize_full(mean, L, eps)
+
+    def log_prob_at_sample(self, eps):
+        """``log_prob(rsample(eps))``, computed from eps: stable where Sigma is nearly singular."""
+        if self.lower is None:
+            return dist.gaussian_log_density_at_sample(eps, self._stacked(self.logvar) if eps.ndim == 3 else self.logvar)
+        return dist.full_gaussian_log_density_at_sample(eps, self._stacked(self.log_diag) if eps.ndim == 3 else self.log_diag)
+
+    def _stacked(self, a):
+        """(N, ...) -> (N, 1, ...): one row against k draws."""
+        return self.xp.reshape(a, (a.shape[0], 1, *a.shape[1:]))
+
+
+def _device_of(a) -> dict:
+    """``{"device": a.device}`` where the namespace takes that argument, else {} (CuPy)."""
+    return {} if type(a).__module__.startswith("cupy") else {"device": a.device}
+
+
+def parameter_count(input_dim, hidden_dims, latent_dim, posterior="diagonal") -> int:
+    """How many parameters ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` has,
+    computed from the sizes alone (nothing is allocated): every Dense layer n_in -> n_out has
+    n_in * n_out + n_out.
+
+    encoder D -> H1 -> ... -> Hk, heads Hk -> Z (mu) and Hk -> Z (logvar; for "full": log of
+    L's diagonal) and, for "full", Hk -> Z(Z-1)/2 (L's strictly-lower entries); decoder
+    Z -> Hk -> ... -> H1 -> D.
     """
     dims = [int(input_dim), *(int(h) for h in hidden_dims)]
     z = int(latent_dim)
     dense = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731
     encoder = sum(dense(a, b) for a, b in zip(dims[:-1], dims[1:])) + 2 * dense(dims[-1], z)
+    if posterior == "full":
+        encoder += dense(dims[-1], z * (z - 1) // 2)
     back = [z, *reversed(dims)]
     decoder = sum(dense(a, b) for a, b in zip(back[:-1], back[1:]))
     return encoder + decoder
@@ -124,7 +200,7 @@ class VAE:
     """
 
     def __init__(self, input_dim, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
-                 activation="relu", dtype="float32", seed=0):
+                 activation="relu", dtype="float32", seed=0, posterior="diagonal"):
         check_int("input_dim", input_dim)
         check_int("latent_dim", latent_dim)
         if isinstance(hidden_dims, int):
@@ -140,7 +216,12 @@ class VAE:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
         # params, grads and up to two optimizer buffers: refuse a size that cannot fit
         # before allocating anything.
-        count = parameter_count(input_dim, hidden_dims, latent_dim)
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
+        if posterior == "full" and latent_dim < 2:
+            raise ValueError("posterior: 'full' needs latent_dim >= 2 (with Z = 1 it is the diagonal one), "
+                             f"got latent_dim {latent_dim}")
+        count = parameter_count(input_dim, hidden_dims, latent_dim, posterior)
         itemsize = 4 if dtype == "float32" else 8
         check_fits_in_memory("hidden_dims" if hidden_dims else "input_dim",
                              list(hidden_dims) if hidden_dims else input_dim, 4 * itemsize * count)
@@ -157,12 +238,18 @@ class VAE:
         self.encoder = MLP((D, *H), activation, activate_last=True)  # (N, D) -> (N, H[-1])
         h_last = H[-1] if H else D
         self.mu_head = Dense(h_last, Z)  # (N, H[-1]) -> (N, Z)
-        self.logvar_head = Dense(h_last, Z)  # (N, H[-1]) -> (N, Z)
+        self.posterior_kind = posterior
+        self.logvar_head = Dense(h_last, Z)  # (N, H[-1]) -> (N, Z): logvar, or for "full" s = log diag(L)
+        self.lower_head = Dense(h_last, Z * (Z - 1) // 2) if posterior == "full" else None  # L's lower entries
         # phi: the decoder mirrors the encoder.
         self.decoder = MLP((Z, *reversed(H), D), activation)  # (N, Z) -> (N, D)
 
         theta_layers = [(f"theta.encoder.{i}", layer) for i, layer in self.encoder.named_layers()]
-        theta_layers += [("theta.mu", self.mu_head), ("theta.logvar", self.logvar_head)]
+        if posterior == "full":
+            theta_layers += [("theta.mu", self.mu_head), ("theta.log_diag", self.logvar_head),
+                             ("theta.lower", self.lower_head)]
+        else:
+            theta_layers += [("theta.mu", self.mu_head), ("theta.logvar", self.logvar_head)]
         phi_layers = [(f"phi.decoder.{i}", layer) for i, layer in self.decoder.named_layers()]
 
         seeds = streams(seed, MODEL_STREAMS)
@@ -185,6 +272,7 @@ class VAE:
             "activation": self.activation,
             "dtype": self.dtype,
             "seed": self.seed if isinstance(self.seed, int) else None,
+            "posterior": self.posterior_kind,
         }
 
     @property
@@ -197,10 +285,28 @@ class VAE:
 
     # -- the pieces of the model, one at a time ----------------------------------------------
     def encode(self, x):
-        """Q_theta(z|x): x (N, D) -> mu (N, Z), logvar (N, Z)."""
+        """Q_theta(z|x): x (N, D) -> mu (N, Z), logvar (N, Z).
+
+        For ``posterior="full"``, logvar is the log of the diagonal of Sigma (each z_j's
+        marginal variance); ``posterior(x)`` gives the whole Gaussian.
+        """
+        q = self.posterior(x)
+        if self.posterior_kind == "diagonal":
+            return q.mean, q.logvar
+        L = q.scale_tril
+        return q.mean, self.xp.log(self.xp.sum(L * L, axis=-1))  # Sigma_jj = sum_k L_jk^2
+
+    def posterior(self, x) -> GaussianPosterior:
+        """Q_theta(z|x) for each row of x (N, D), as a ``GaussianPosterior`` (mean,
+        scale_tril, covariance, kl(), log_prob(z), rsample(eps))."""
         x = self.check_x(x)
-        mu, logvar, _ = self._encode(x)
-        return mu, logvar
+        h, _ = self.encoder.forward(x)  # (N, H[-1])
+        mu, _ = self.mu_head.forward(h)  # (N, Z)
+        scale, _ = self.logvar_head.forward(h)  # (N, Z): logvar, or s = log diag(L)
+        if self.posterior_kind == "diagonal":
+            return GaussianPosterior(mu, logvar=scale)
+        lower, _ = self.lower_head.forward(h)  # (N, Z(Z-1)/2)
+        return GaussianPosterior(mu, log_diag=scale, lower=lower)
 
     def decode(self, z):
         """The decoder's output for z (N, Z): logits (bernoulli) or mean (gaussian), (N, D)."""
@@ -243,25 +349,40 @@ class VAE:
             out = decoder(z)                         P_phi(x|z)           (N, D)
             log_p = log P_phi(x|z), kl = KL(Q_theta(z|x) || N(0, I))     (N,), (N,)
 
-        Returns a ``Forward`` with all of these and the layers' caches, which ``backward``
-        needs. Only shapes are checked (``loss_and_grads`` also checks the values of x).
+        With ``posterior="full"`` the encoder's heads give mu, s = log diag(L) and L's
+        strictly-lower entries, Sigma = L L^T, and z = mu + L eps (``distributions``' full
+        covariance section). Returns a ``Forward`` with all of these and the layers' caches,
+        which ``backward`` needs. Only shapes are checked (``loss_and_grads`` also checks the
+        values of x).
         """
         x = self._check_array("x", x, self.input_dim)
         eps = self._check_array("eps", eps, self.latent_dim)
         if eps.shape[0] != x.shape[0]:
             raise ValueError(f"eps: expected shape {(x.shape[0], self.latent_dim)}, got {tuple(eps.shape)}")
-        mu, logvar, encoder_caches = self._encode(x)  # (N, Z), (N, Z)
-        z = dist.reparameterize(mu, logvar, eps)  # (N, Z)
+        h, h_cache = self.encoder.forward(x)  # (N, H[-1])
+        mu, mu_cache = self.mu_head.forward(h)  # (N, Z)
+        if self.posterior_kind == "diagonal":
+            logvar, logvar_cache = self.logvar_head.forward(h)  # (N, Z)
+            z = dist.reparameterize(mu, logvar, eps)  # (N, Z)
+            kl = dist.gaussian_kl(mu, logvar)  # (N,)
+            scale, head_caches = {"logvar": logvar}, (logvar_cache,)
+        else:  # full covariance: Sigma = L L^T
+            log_diag, log_diag_cache = self.logvar_head.forward(h)  # (N, Z): s = log diag(L)
+            lower, lower_cache = self.lower_head.forward(h)  # (N, Z(Z-1)/2)
+            L = dist.scale_tril(log_diag, lower)  # (N, Z, Z)
+            z = dist.reparameterize_full(mu, L, eps)  # (N, Z)
+            kl = dist.full_gaussian_kl(mu, log_diag, lower)  # (N,)
+            scale, head_caches = {"log_diag": log_diag, "lower": lower, "L": L}, (log_diag_cache, lower_cache)
         out, decoder_caches = self.decoder.forward(z)  # (N, D)
         log_p = self.log_p_x_given_z(x, out)  # (N,)
-        kl = dist.gaussian_kl(mu, logvar)  # (N,)
-        return Forward(x, mu, logvar, eps, z, out, log_p, kl, (*encoder_caches, decoder_caches))
+        return Forward(x, mu, eps=eps, z=z, out=out, log_p=log_p, kl=kl,
+                       caches=(h_cache, mu_cache, head_caches, decoder_caches), **scale)
 
     def backward(self, fwd: Forward, beta=1.0):
         """The gradient of loss = mean_n[ -log P(x_n|z_n) ] + beta * mean_n[ KL_n ] with respect
         to every parameter, for the batch of ``fwd = forward(x, eps)``: the same steps in
         reverse, with the same eps. Writes it into ``model.grads`` (P,) and returns that."""
-        h_cache, mu_cache, logvar_cache, decoder_caches = fwd.caches
+        h_cache, mu_cache, head_caches, decoder_caches = fwd.caches
         n = fwd.x.shape[0]
         # Each row enters the mean with weight 1/N, and the loss is -log P: d loss / d log P_n = -1/N.
         if self.likelihood == "bernoulli":
@@ -269,18 +390,20 @@ class VAE:
         else:
             dout = dist.gaussian_log_likelihood_backward(-1.0 / n, fwd.x, fwd.out)  # (N, D)
         dz = self.decoder.backward(dout, decoder_caches)  # (N, Z), fills d phi
-        dmu, dlogvar = dist.reparameterize_backward(dz, fwd.logvar, fwd.eps)  # the same eps
-        dmu_kl, dlogvar_kl = dist.gaussian_kl_backward(beta / n, fwd.mu, fwd.logvar)  # d loss / d KL_n = beta/N
-        dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl  # (N, Z) each
-        dh = self.mu_head.backward(dmu, mu_cache) + self.logvar_head.backward(dlogvar, logvar_cache)
+        if self.posterior_kind == "diagonal":
+            dmu, dlogvar = dist.reparameterize_backward(dz, fwd.logvar, fwd.eps)  # the same eps
+            dmu_kl, dlogvar_kl = dist.gaussian_kl_backward(beta / n, fwd.mu, fwd.logvar)  # d loss / d KL_n = beta/N
+            dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl  # (N, Z) each
+            dh = self.mu_head.backward(dmu, mu_cache) + self.logvar_head.backward(dlogvar, head_caches[0])
+        else:
+            dmu, dL = dist.reparameterize_full_backward(dz, fwd.eps)  # the same eps; dL (N, Z, Z)
+            dlog_diag, dlower = dist.scale_tril_backward(dL, fwd.log_diag)  # through L = diag(e^s) + lower
+            dmu_kl, dlog_diag_kl, dlower_kl = dist.full_gaussian_kl_backward(beta / n, fwd.mu, fwd.log_diag, fwd.lower)
+            dmu, dlog_diag, dlower = dmu + dmu_kl, dlog_diag + dlog_diag_kl, dlower + dlower_kl
+            dh = (self.mu_head.backward(dmu, mu_cache) + self.logvar_head.backward(dlog_diag, head_caches[0])
+                  + self.lower_head.backward(dlower, head_caches[1]))
         self.encoder.backward(dh, h_cache, need_dx=False)  # fills d theta; x needs no gradient
         return self.grads
-
-    def _encode(self, x):
-        h, h_cache = self.encoder.forward(x)  # (N, H[-1])
-        mu, mu_cache = self.mu_head.forward(h)  # (N, Z)
-        logvar, logvar_cache = self.logvar_head.forward(h)  # (N, Z)
-        return mu, logvar, (h_cache, mu_cache, logvar_cache)
 
     # -- the loss and its gradient, for a user ---------------------------------------------------
     def loss_and_grads(self, x, eps=None, beta=1.0):

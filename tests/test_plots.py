@@ -302,3 +302,22 @@ def test_an_unknown_ending_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"path: expected a file name ending in .png, .pdf, .svg, got '.*samples.jpeg'"):
         plots.plot_samples(np.full((4, 784), 0.5), tmp_path / "samples.jpeg", grid=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_latent_draws_posteriors_as_ellipses(rng):
+    # Two posteriors: an axis-aligned one (sd 2 along z1, 0.5 along z2) and one tilted by 45 degrees.
+    means = np.array([[0.0, 0.0], [3.0, 3.0]])
+    tilted = np.array([[1.0, 0.9], [0.9, 1.0]])
+    covs = np.stack([np.diag([4.0, 0.25]), tilted])
+    fig = plots.plot_latent(rng.standard_normal((100, 2)), np.repeat(np.arange(2), 50), posteriors=(means, covs))
+    from matplotlib.patches import Ellipse
+
+    ellipses = [p for p in fig.axes[0].patches if isinstance(p, Ellipse)]
+    assert len(ellipses) == 4  # 1 and 2 standard deviations, for each
+    first = ellipses[0]  # 1 sd of the axis-aligned one: width 2 * 2, height 2 * 0.5
+    assert (first.width, first.height) == pytest.approx((4.0, 1.0)) and first.angle % 180 == pytest.approx(0.0)
+    tilted_1sd = ellipses[2]
+    assert tilted_1sd.angle % 180 == pytest.approx(45.0)
+    assert (tilted_1sd.width, tilted_1sd.height) == pytest.approx((2 * np.sqrt(1.9), 2 * np.sqrt(0.1)))
+    with pytest.raises(ValueError, match=r"posteriors: expected means \(k, 2\) and covariances \(k, 2, 2\)"):
+        plots.plot_latent(rng.standard_normal((10, 2)), None, posteriors=(means, covs[:, :1]))

@@ -185,7 +185,7 @@ def test_sample_and_reconstruct(be, rng):
 def test_repr_and_config():
     model = npvae.VAE(784, (400,), 20)
     assert model.config == {"input_dim": 784, "hidden_dims": [400], "latent_dim": 20, "likelihood": "bernoulli",
-                            "activation": "relu", "dtype": "float32", "seed": 0}
+                            "activation": "relu", "dtype": "float32", "seed": 0, "posterior": "diagonal"}
     # 784*400+400 + 2*(400*20+20) | 20*400+400 + 400*784+784
     assert model.n_theta == 330_040 and model.n_params == 330_040 + 322_784
     assert "652824 parameters" in repr(model)
