@@ -261,3 +261,19 @@ def test_gradcheck_fails_on_a_nan_gradient(monkeypatch, capsys):
 
 def test_run_json_records_the_backend(run2):
     assert json.loads((run2 / "run.json").read_text())["backend"] == EXPECTED_BACKEND
+
+
+# --- Step 7: the full-covariance posterior on the command line -----------------------------------
+def test_train_evaluate_and_gradcheck_with_a_full_posterior(tmp_path, capsys):
+    out = tmp_path / "full"
+    assert cli.main(["train", "--epochs", "1", "--posterior", "full", "--out", str(out), *SMALL]) == 0
+    model = npvae.load(out / "checkpoint.npz")
+    assert model.posterior_kind == "full" and json.loads((out / "run.json").read_text())["settings"]["posterior"] == "full"
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(out / "checkpoint.npz"), "--k", "5", "--limit", "20"]) == 0
+    assert "posterior: full" in capsys.readouterr().out  # the model's line names it
+    assert cli.main(["train", "--resume", str(out / "checkpoint.npz"), "--epochs", "2", "--posterior", "diagonal"]) == 2
+    assert "--posterior: the model's shape comes from the checkpoint" in capsys.readouterr().err
+    assert cli.main(["gradcheck", "--posterior", "full"]) == 0
+    report = capsys.readouterr().out
+    assert "theta.lower.W" in report and "PASS" in report
