@@ -4,6 +4,7 @@
     npvae sample      decode draws from the prior of a trained model into a PNG grid
     npvae evaluate    -ELBO, importance-sampled log p(x) and active units on the test set
     npvae gradcheck   build a float64 model and check its gradient, block by block
+    npvae exercises   write student copies of the notebooks (solutions replaced by stubs)
     npvae info        which backend, device, dtype and versions are in use
 
 User errors (a bad argument, a missing file, an unusable backend) print one line and exit
@@ -114,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_nonnegative_int, default=0)
 
     sub.add_parser("info", help="show the backend, device, dtype and versions")
+
+    x_ = sub.add_parser(
+        "exercises",
+        help="write student copies of the notebooks: every exercise's solution replaced by a stub",
+        description="Writes into DIR a copy of each notebook in which every solution between nbgrader's "
+        "markers (### BEGIN SOLUTION / ### END SOLUTION) is replaced by raise NotImplementedError(\"Exercise "
+        "NN.k: ...\"); nothing else changes. The graders in the notebooks then check the student's code.",
+    )
+    x_.add_argument("dir", metavar="DIR", help="the folder to write the student copies into")
+    x_.add_argument("--notebooks", default=None, metavar="FOLDER",
+                    help="where the notebooks are (default: notebooks/ of this checkout)")
+    x_.add_argument("--overwrite", action="store_true", help="replace notebooks already in DIR")
 
     g = sub.add_parser(
         "gradcheck",
@@ -490,7 +503,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_exercises(args) -> int:
+    from .exercises import write_student_copies
+
+    folder = args.notebooks or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
+    notebooks = sorted(p for p in (os.listdir(folder) if os.path.isdir(folder) else []) if p.endswith(".ipynb"))
+    if not notebooks:
+        raise ValueError(f"--notebooks: no notebooks (*.ipynb) in {folder}")
+    written = write_student_copies([os.path.join(folder, p) for p in notebooks], args.dir, overwrite=args.overwrite)
+    print(f"wrote {len(written)} student notebooks to {args.dir} (solutions replaced by stubs)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "info": cmd_info,
+            "exercises": cmd_exercises,
             "gradcheck": cmd_gradcheck}
 
 

@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED_COUNT = 8  # 01..08, in the order of Lecture 21
+EXPECTED_COUNT = 9  # 01..08 in the order of Lecture 21, then 09 (the full-covariance posterior)
 CELL_TIMEOUT_S = 300
 KERNEL = "python3"
 
@@ -26,7 +26,7 @@ def read(path):
     return nbformat.read(str(path), as_version=4)
 
 
-def test_there_are_eight_notebooks():
+def test_there_are_nine_notebooks():
     names = [p.name for p in NOTEBOOKS]
     assert len(names) == EXPECTED_COUNT, f"expected {EXPECTED_COUNT} notebooks in {NOTEBOOK_DIR}, got {names}"
 
