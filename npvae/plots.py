@@ -37,7 +37,7 @@ from .io import atomic_open
 
 __all__ = [
     "image_grid", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent",
-    "plot_manifold", "plot_interpolation", "save_figure",
+    "plot_manifold", "plot_interpolation", "save_figure", "plot_kl_one_dimension", "plot_random_codes",
 ]
 
 DPI = 100
@@ -505,4 +505,76 @@ def plot_interpolation(model, x_a, x_b, path=None, steps=10, image_shape=(28, 28
     ax.tick_params(axis="x", length=0)
     ax.set_xlabel("t")
     ax.set_title("Decoding z = (1 - t) mu(x_a) + t mu(x_b)")
+    return _finish(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------
+# Figures of the notebooks (each a cell's idea in one call)
+# ---------------------------------------------------------------------------------------
+def plot_kl_one_dimension(path=None, dpi=DPI, mu_range=(-3.0, 3.0), logvar_range=(-8.0, 3.0)) -> Figure:
+    """KL(N(mu, sigma^2) || N(0, 1)) for one latent dimension (notebook 04): over the
+    (mu, logvar) plane, along mu at logvar = 0 (mu^2 / 2), and along logvar at mu = 0 with
+    its asymptote -(1 + logvar) / 2 as logvar -> -infinity. Computed by
+    ``distributions.gaussian_kl`` itself."""
+    from . import distributions as dist
+
+    mu_line = np.linspace(*mu_range, 401)
+    logvar_line = np.linspace(*logvar_range, 441)
+    m, t = np.meshgrid(mu_line, logvar_line)
+    kl = _host(dist.gaussian_kl(asarray(m.reshape(-1, 1), dtype="float64"), asarray(t.reshape(-1, 1), dtype="float64")))
+    kl = kl.reshape(m.shape)
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    cs = axes[0].contourf(m, t, kl, levels=np.linspace(0, 8, 17), cmap="viridis", extend="max")
+    axes[0].plot(0, 0, "r*", ms=14, label="the prior: mu = 0, logvar = 0")
+    axes[0].legend(loc="lower right")
+    fig.colorbar(cs, ax=axes[0], label="KL (nats)")
+    axes[0].set(xlabel="mu", ylabel="logvar = log sigma^2", title="KL(N(mu, sigma^2) || N(0, 1)) for one dimension")
+    row = np.argmin(np.abs(logvar_line))  # logvar = 0
+    col = np.argmin(np.abs(mu_line))  # mu = 0
+    axes[1].plot(mu_line, kl[row], lw=2)
+    axes[1].set(xlabel="mu", ylabel="KL (nats)", title="Along mu (logvar = 0): mu^2 / 2")
+    axes[2].plot(logvar_line, kl[:, col], lw=2, label="KL")
+    axes[2].plot(logvar_line, -0.5 * logvar_line - 0.5, "k--", lw=1, label="asymptote -(1 + logvar) / 2")
+    axes[2].set(xlabel="logvar = log sigma^2", ylabel="KL (nats)", title="Along logvar (mu = 0): shrinking sigma^2 costs")
+    axes[2].legend()
+    for ax in axes[1:]:
+        ax.axvline(0, color="r", lw=0.8, ls=":")
+        ax.grid(alpha=0.3)
+    return _finish(fig, path, dpi)
+
+
+def plot_random_codes(h_ref, panels, path=None, dpi=DPI, grid=8, image_shape=(28, 28)) -> Figure:
+    """Where random codes land among a model's codes, and what they decode to (notebook 01).
+
+    Args:
+        h_ref: (N, 2) the codes of real data (drawn grey).
+        panels: a list of ``(name, h, images, in_hole)``: random codes h (n, 2), their decoded
+            images (n, D), and a boolean (n,) marking codes that landed in a hole (drawn as a
+            red x, on the code and in the corner of its tile). One row of the figure each; the
+            first ``grid * grid`` codes are shown.
+    """
+    h_img, w_img, _ = _image_size(image_shape)
+    tile_h, tile_w = h_img + 1, w_img + 1  # image_grid puts one pixel of padding between tiles
+    h_ref = _host(h_ref)
+    fig = Figure(figsize=(12, 5.75 * len(panels)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(panels), 2, gridspec_kw={"width_ratios": [1.15, 1]}))
+    show = grid * grid
+    for row, (name, h, images, in_hole) in enumerate(panels):
+        h, in_hole = _host(h)[:show], np.asarray(in_hole, dtype=bool)[:show]
+        ax = axes[row, 0]
+        ax.scatter(h_ref[:, 0], h_ref[:, 1], s=4, c="lightgrey", linewidths=0, label="codes of real data", rasterized=True)
+        ax.scatter(*h[~in_hole].T, s=30, marker="+", c="black", label="random h among the codes")
+        ax.scatter(*h[in_hole].T, s=30, marker="x", c="red", label="random h in a hole")
+        ax.set(title=f"Where {show} random codes land: {name}", xlabel="h1", ylabel="h2")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax = axes[row, 1]
+        ax.imshow(image_grid(_host(images)[:show], grid, grid, image_shape), cmap="gray", vmin=0, vmax=1)
+        for k in np.flatnonzero(in_hole):  # a red x in the corner of each tile whose h is in a hole
+            r, c = divmod(k, grid)
+            ax.plot(c * tile_w + tile_w - 6, r * tile_h + 4, marker="x", color="red", ms=6, mew=1.8)
+        _no_ticks(ax)
+        ax.set_title(f"What they decode to: {name}\n(red x: h landed in a hole)")
+    axes[0, 0].legend(loc="upper left", fontsize=9)
+    fig.suptitle("Decoding random codes", fontsize=14)
     return _finish(fig, path, dpi)

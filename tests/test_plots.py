@@ -321,3 +321,21 @@ def test_plot_latent_draws_posteriors_as_ellipses(rng):
     assert (tilted_1sd.width, tilted_1sd.height) == pytest.approx((2 * np.sqrt(1.9), 2 * np.sqrt(0.1)))
     with pytest.raises(ValueError, match=r"posteriors: expected means \(k, 2\) and covariances \(k, 2, 2\)"):
         plots.plot_latent(rng.standard_normal((10, 2)), None, posteriors=(means, covs[:, :1]))
+
+
+def test_plot_kl_one_dimension(tmp_path):
+    path = tmp_path / "kl.png"
+    fig = plots.plot_kl_one_dimension(path)
+    assert_png(path)
+    along_mu = fig.axes[1].lines[0].get_ydata()
+    mu = fig.axes[1].lines[0].get_xdata()
+    np.testing.assert_allclose(along_mu, mu**2 / 2, atol=1e-12)  # KL at logvar = 0 is mu^2 / 2
+
+
+def test_plot_random_codes(tmp_path, rng):
+    h_ref = rng.standard_normal((500, 2))
+    panels = [("h ~ N(0, I)", rng.standard_normal((64, 2)), rng.uniform(size=(64, 784)), np.arange(64) % 5 == 0)]
+    fig = plots.plot_random_codes(h_ref, panels, tmp_path / "codes.png")
+    assert_png(tmp_path / "codes.png")
+    red_x = [line for line in fig.axes[1].lines if line.get_marker() == "x"]
+    assert len(red_x) == 13  # one per code in a hole (0, 5, ..., 60)
