@@ -1,0 +1,235 @@
+"""Graders for notebook 07 (training and generation).
+
+- ``check_dense_backward(dense_backward)``, exercise 07.1: the backward of the affine layer
+  out = x @ W + b,
+
+      dx = dout @ W^T  (N, D_in),   dW = x^T @ dout  (D_in, D_out),   db = sum_n dout_n  (D_out,),
+
+  compared with ``npvae.layers.Dense``'s own backward on random inputs (a square W, where
+  dx = dout @ W has the right shape and only its values are wrong, and a non-square W, where a
+  transposed dW shows in its shape) and gradient-checked in float64 against central differences of f = sum(dout * (x @ W + b)).
+- ``check_adam_step(adam_step)``, exercise 07.2: one step of Adam (Kingma & Ba 2015,
+  Algorithm 1), run for several steps from m = v = 0 and compared at every step with
+  ``npvae.optim.Adam`` (params, m and v), once with the default hyperparameters and once with
+  others passed by keyword.
+
+Each recognises the common mistakes (a transposed dW, db not summed over the batch, Adam
+without its bias correction, ...) and says what is wrong in words.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import asarray, copy, get_backend
+from ..layers import Dense
+from ..optim import Adam
+from . import call, compare, fail, gradient_check, host, passed
+
+DENSE_EX = "07.1"
+ADAM_EX = "07.2"
+GRAD_TOL = 1e-6  # a right backward gives about 1e-10 here
+
+
+# ---------------------------------------------------------------------------------------
+# 07.1: the backward of the Dense layer
+# ---------------------------------------------------------------------------------------
+def _dense_reference(dout, x, W):
+    """(dx, dW, db) from npvae.layers.Dense's backward, on a layer given W (and b = 0: the
+    gradients do not depend on b)."""
+    be = get_backend()
+    d_in, d_out = (int(s) for s in W.shape)
+    layer = Dense(d_in, d_out)
+    layer.W, layer.b = W, be.zeros((d_out,), "float64")
+    layer.dW, layer.db = be.zeros((d_in, d_out), "float64"), be.zeros((d_out,), "float64")
+    dx = layer.backward(dout, x)  # writes layer.dW and layer.db, returns dx
+    return host(dx), host(layer.dW), host(layer.db)
+
+
+def _unpack_three(result):
+    if not (isinstance(result, (tuple, list)) and len(result) == 3):
+        fail(DENSE_EX, f"dense_backward should return the three gradients (dx, dW, db); got "
+                       f"{type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""))
+    return [host(a, DENSE_EX, name) for a, name in zip(result, ("dx", "dW", "db"))]
+
+
+def _close(a, b):
+    return a.shape == b.shape and np.all(np.isfinite(a)) and np.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def _check_dense_case(dense_backward, n, d_in, d_out, seed):
+    """Fail, naming the mistake, unless the student's (dx, dW, db) are right for one random case; returns the
+    largest gradient-check error, or None when W is square and dW is transposed (left to a non-square case)."""
+    dout, x, W, b = _inputs_dense(seed, n, d_in, d_out)
+    dxh, dWh, dbh = _unpack_three(call(DENSE_EX, dense_backward, dout, x, W))
+    want_dx, want_dW, want_db = _dense_reference(dout, x, W)
+    douth, Wh = host(dout), host(W)
+    shapes = f"x ({n}, {d_in}), W ({d_in}, {d_out}), dout ({n}, {d_out})"
+
+    # dx = dout @ W^T; dout @ W has the right shape only when W is square.
+    if not _close(dxh, want_dx):
+        if d_in == d_out and _close(dxh, douth @ Wh):
+            fail(DENSE_EX, "dx is dout @ W: it should be dout @ W^T (out_nj = sum_i x_ni W_ij, so "
+                           "dL/dx_ni = sum_j dout_nj W_ij)")
+        compare(DENSE_EX, dxh, want_dx, f"dx (with {shapes}; dx = dout @ W^T)")
+
+    # db = sum over the batch of dout.
+    if not _close(dbh, want_db):
+        if dbh.shape == (n, d_out):
+            fail(DENSE_EX, f"db should be summed over the batch: b is added to every row, so db = sum_n dout_n, "
+                           f"of b's shape ({d_out},); you returned {dbh.shape}")
+        if dbh.shape == (n,) and n != d_out:
+            fail(DENSE_EX, "db is summed over the wrong axis: sum over the N rows (axis=0), which gives b's shape "
+                           f"({d_out},), not over the outputs (axis=1)")
+        if _close(dbh, want_db / n):
+            fail(DENSE_EX, "db is the mean of dout over the batch; it is the sum, db = sum_n dout_n (b is added to "
+                           "every row, and the loss's 1/N is already inside dout)")
+        compare(DENSE_EX, dbh, want_db, f"db (with {shapes}; db = sum_n dout_n)")
+
+    # dW, last: the commonest mistake is dout^T @ x, which is dW transposed.
+    if not _close(dWh, want_dW):
+        if dWh.shape == (d_out, d_in) and d_in != d_out:
+            fail(DENSE_EX, f"dW has the shape of W^T: use x^T @ dout (with {shapes}, dW must have W's shape "
+                           f"({d_in}, {d_out}); you returned {dWh.shape}, which is dout^T @ x)")
+        if d_in == d_out and _close(dWh, want_dW.T):
+            return None  # dW transposed: the case with a non-square W says so by its shape
+        if _close(dWh, want_dW / n):
+            fail(DENSE_EX, "dW is divided by the batch size: the layer's gradient is the sum over the rows, "
+                           "dW = x^T @ dout (the loss's 1/N is already inside dout)")
+        compare(DENSE_EX, dWh, want_dW, f"dW (with {shapes}; dW = x^T @ dout)")
+
+    # The same three against central differences of f = sum(dout * (x @ W + b)), in float64.
+    xp = get_backend().xp
+
+    def f():
+        return float(xp.sum(dout * (x @ W + b)))
+
+    errs = [gradient_check(DENSE_EX, f, a, g, f"{name} (gradient check)", rtol=GRAD_TOL)
+            for a, g, name in ((x, dxh, "dx"), (W, dWh, "dW"), (b, dbh, "db"))]
+    return max(errs)
+
+
+def _inputs_dense(seed, n, d_in, d_out):
+    rng = np.random.default_rng(seed)
+    return [asarray(rng.uniform(-2.0, 2.0, size=shape), dtype="float64")
+            for shape in ((n, d_out), (n, d_in), (d_in, d_out), (d_out,))]
+
+
+def check_dense_backward(dense_backward):
+    """Grade exercise 07.1: ``dense_backward(dout, x, W)`` returns (dx, dW, db) of out = x @ W + b."""
+    errs = [_check_dense_case(dense_backward, 4, 3, 3, seed=702),    # W square: dout @ W shows only in the values
+            _check_dense_case(dense_backward, 5, 4, 3, seed=701)]    # W not square: a transposed dW shows in its shape
+    err = max(e for e in errs if e is not None)
+    passed(DENSE_EX, f"dx = dout @ W^T, dW = x^T @ dout, db = sum_n dout_n equal npvae's Dense.backward "
+                     f"(W 3 x 3 and 4 x 3); gradient check in float64: relative error {err:.1e} (bound {GRAD_TOL:g})")
+
+
+# ---------------------------------------------------------------------------------------
+# 07.2: one step of Adam
+# ---------------------------------------------------------------------------------------
+def _adam_candidates(p, g, m, v, t, lr, b1, b2, eps):
+    """One step of the right update and of the common mistakes, on the host:
+    [(message or None for the right one, params, m, v)]."""
+    m1 = b1 * m + (1 - b1) * g
+    v1 = b2 * v + (1 - b2) * g * g
+    mh, vh = m1 / (1 - b1**t), v1 / (1 - b2**t)
+    factor = (1 - b1**t) / np.sqrt(1 - b2**t)
+    with np.errstate(all="ignore"):
+        off = [(f"the bias correction uses the step number {name}: at step t it is m / (1 - beta1^t) and "
+                f"v / (1 - beta2^t), with t = 1 at the first step",
+                p - lr * (m1 / (1 - b1**s)) / (np.sqrt(v1 / (1 - b2**s)) + eps), m1, v1)
+               for s, name in ((t + 1, "t + 1"), (t - 1, "t - 1"))]
+    return [
+        (None, p - lr * mh / (np.sqrt(vh) + eps), m1, v1),
+        (f"m and v are used without the bias correction: divide them by (1 - beta1^t) and (1 - beta2^t) "
+         f"(m and v start at 0, so early on they are biased toward 0; without the correction this step is "
+         f"{factor:.2g} times too large)",
+         p - lr * m1 / (np.sqrt(v1) + eps), m1, v1),
+        ("only m is bias-corrected: v needs its own correction, v_hat = v / (1 - beta2^t)",
+         p - lr * mh / (np.sqrt(v1) + eps), m1, v1),
+        ("only v is bias-corrected: m needs its own correction, m_hat = m / (1 - beta1^t)",
+         p - lr * m1 / (np.sqrt(vh) + eps), m1, v1),
+        *off,
+        ("eps goes outside the square root: the step is lr * m_hat / (sqrt(v_hat) + eps)",
+         p - lr * mh / np.sqrt(vh + eps), m1, v1),
+        ("the update goes uphill: Adam descends, params <- params - lr * m_hat / (sqrt(v_hat) + eps)",
+         p + lr * mh / (np.sqrt(vh) + eps), m1, v1),
+        ("beta1 and beta2 are swapped: beta1 (0.9 by default) goes with m, beta2 (0.999) with v",
+         *_swapped(p, g, m, v, t, lr, b1, b2, eps)),
+    ]
+
+
+def _swapped(p, g, m, v, t, lr, b1, b2, eps):
+    m1 = b2 * m + (1 - b2) * g
+    v1 = b1 * v + (1 - b1) * g * g
+    return p - lr * (m1 / (1 - b2**t)) / (np.sqrt(v1 / (1 - b1**t)) + eps), m1, v1
+
+
+def _adam_run(adam_step, what, hyper, pass_hyper, seed):
+    """Several steps of the student's adam_step against npvae.optim.Adam; returns the largest
+    relative difference in params."""
+    be = get_backend()
+    rng = np.random.default_rng(seed)
+    size, steps = 12, 6
+    p0 = rng.uniform(-1.0, 1.0, size=size)
+    # gradients of mixed sizes, some tiny (there eps matters: sqrt(v_hat) is about 1e-6)
+    scales = np.array([1.0, 1e-3, 1e-6, 10.0] * (size // 4))
+    grads = [rng.standard_normal(size) * scales for _ in range(steps)]
+
+    lr, b1, b2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
+    # Adam updates its params in place: it gets its own copy (asarray may return p0 itself)
+    ref = Adam(be.asarray(p0.copy(), dtype="float64"), lr=lr, betas=(b1, b2), eps=eps)
+    p, m, v = (be.asarray(a, dtype="float64") for a in (p0.copy(), np.zeros(size), np.zeros(size)))
+    worst = 0.0
+    for t in range(1, steps + 1):
+        g = be.asarray(grads[t - 1], dtype="float64")
+        ph, mh, vh = (np.array(host(a)) for a in (p, m, v))  # the state the step starts from, copied
+        args = (copy(p), copy(g), copy(m), copy(v), t)
+        step = (lambda *a: adam_step(*a, **hyper)) if pass_hyper else adam_step
+        result = call(ADAM_EX, step, *args)
+        if not (isinstance(result, (tuple, list)) and len(result) == 3):
+            fail(ADAM_EX, f"adam_step should return (params, m, v), the three updated arrays; got {type(result).__name__}")
+        got = [np.array(host(a, ADAM_EX, name)) for a, name in zip(result, ("params", "m", "v"))]
+        ref.step(g)
+        want = [np.array(host(a)) for a in (ref.params, ref.m, ref.v)]
+        for a, b_, name in zip(got, want, ("params", "m", "v")):
+            if a.shape != b_.shape:
+                fail(ADAM_EX, f"{name} ({what}, step t = {t}): expected shape {b_.shape}, got {a.shape}")
+        if not all(_close(a, b_) for a, b_ in zip(got, want)):
+            if _close(got[2], b2 * vh + (1 - b2) * grads[t - 1]):
+                fail(ADAM_EX, f"v is a running mean of the squared gradient: v <- beta2 v + (1 - beta2) g^2 "
+                              f"(you used g, not g^2) ({what}, step t = {t})")
+            if t == 1 and not np.all(np.isfinite(got[0])) and _close(got[1], want[1]) and _close(got[2], want[2]):
+                fail(ADAM_EX, f"params has NaN or inf entries after the first step ({what}): t counts from 1, so at "
+                              f"t = 1 the corrections divide by 1 - beta1 and 1 - beta2; a NaN here usually means "
+                              f"1 - beta^0 = 0 (t - 1 used for t)")
+            for message, *candidate in _adam_candidates(ph, grads[t - 1], mh, vh, t, lr, b1, b2, eps):
+                if message and all(_close(a, c) for a, c in zip(got, candidate)) and \
+                        not all(_close(c, w) for c, w in zip(candidate, want)):
+                    fail(ADAM_EX, f"{message} ({what}, step t = {t})")
+            right = _adam_candidates(ph, grads[t - 1], mh, vh, t, lr, b1, b2, eps)[0][1:]
+            if _close(got[0], right[0]):
+                mt, vt = right[1] / (1 - b1**t), right[2] / (1 - b2**t)
+                if _close(got[1], mt) or _close(got[2], vt):
+                    fail(ADAM_EX, f"return m and v themselves, not the bias-corrected m_hat and v_hat: the next step "
+                                  f"builds on m and v ({what}, step t = {t})")
+            if pass_hyper and _close(got[0], _adam_candidates(ph, grads[t - 1], mh, vh, t, 1e-3, 0.9, 0.999, 1e-8)[0][1]):
+                fail(ADAM_EX, f"adam_step ignores the hyperparameters it is given: with lr={lr}, beta1={b1}, "
+                              f"beta2={b2}, eps={eps} it made the step of the defaults; use the arguments, not constants")
+            for a, b_, name in zip(got, want, ("params", "m", "v")):
+                compare(ADAM_EX, a, b_, f"{name} after step t = {t} ({what}), against npvae.optim.Adam")
+        worst = max(worst, float(np.max(np.abs(got[0] - want[0]) / (np.abs(want[0]) + 1e-12))))
+        p, m, v = (be.asarray(a, dtype="float64") for a in got)
+    return worst
+
+
+def check_adam_step(adam_step):
+    """Grade exercise 07.2: ``adam_step(params, grads, m, v, t, lr, beta1, beta2, eps)`` returns
+    (params, m, v) after one step of Adam, t = 1 at the first step."""
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    others = {"lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-4}
+    worst = max(_adam_run(adam_step, "the default hyperparameters", defaults, pass_hyper=False, seed=721),
+                _adam_run(adam_step, f"lr={others['lr']}, beta1={others['beta1']}, beta2={others['beta2']}, "
+                                     f"eps={others['eps']}", others, pass_hyper=True, seed=722))
+    passed(ADAM_EX, f"6 steps from m = v = 0 equal npvae.optim.Adam (params, m and v; the defaults and other "
+                    f"hyperparameters); largest relative difference in params {worst:.1e}")
