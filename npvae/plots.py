@@ -38,6 +38,7 @@ from .io import atomic_open
 __all__ = [
     "image_grid", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent",
     "plot_manifold", "plot_interpolation", "save_figure", "plot_kl_one_dimension", "plot_random_codes",
+    "plot_latent_comparison",
 ]
 
 DPI = 100
@@ -577,4 +578,47 @@ def plot_random_codes(h_ref, panels, path=None, dpi=DPI, grid=8, image_shape=(28
         ax.set_title(f"What they decode to: {name}\n(red x: h landed in a hole)")
     axes[0, 0].legend(loc="upper left", fontsize=9)
     fig.suptitle("Decoding random codes", fontsize=14)
+    return _finish(fig, path, dpi)
+
+
+def plot_latent_comparison(panels, labels_test, labels_train, path=None, dpi=DPI, zoom=1.0) -> Figure:
+    """Two (or more) 2-D latent spaces side by side, on the same axes (notebook 04): on top, the
+    test means coloured by class with the prior's radius-1 and radius-2 circles; below, a
+    ``zoom`` x ``zoom`` square around the median training mean, with each training example's
+    Q(z|x) as a filled 2-sigma ellipse (diagonal posteriors: half-axes 2 exp(logvar / 2)).
+
+    Args:
+        panels: a list of ``(name, mu_test (N, 2), mu_train (M, 2), logvar_train (M, 2))``.
+        labels_test (N,), labels_train (M,): integer classes 0-9, for the colours.
+    """
+    from matplotlib.collections import EllipseCollection
+
+    labels_test, labels_train = _host(labels_test).astype(int), _host(labels_train).astype(int)
+    panels = [(name, _host(a), _host(b), _host(c)) for name, a, b, c in panels]
+    lim = max(np.abs(p[1]).max() for p in panels) * 1.05
+    circle = np.linspace(0, 2 * np.pi, 200)
+    palette = colormaps["tab10"]
+    fig = Figure(figsize=(6 * len(panels), 12), layout="constrained")
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    for col, (name, m_test, m_train, lv_train) in enumerate(panels):
+        ax = axes[0, col]
+        sc = ax.scatter(m_test[:, 0], m_test[:, 1], c=labels_test, cmap="tab10", vmin=-0.5, vmax=9.5, s=5, alpha=0.7)
+        for r in (1, 2):
+            ax.plot(r * np.cos(circle), r * np.sin(circle), "k--", lw=1)
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="z1 (posterior mean)",
+               ylabel="z2 (posterior mean)",
+               title=f"Test means mu(x), {name}\n(same axes in every panel; dashed: prior radius 1 and 2)")
+        c = np.median(m_train, axis=0)
+        inside = np.all(np.abs(m_train - c) < 0.6 * zoom, axis=1)
+        sd = np.exp(lv_train[inside] / 2)
+        ax = axes[1, col]
+        ax.add_collection(EllipseCollection(4 * sd[:, 0], 4 * sd[:, 1], np.zeros(int(inside.sum())), units="xy",
+                                            offsets=m_train[inside], offset_transform=ax.transData,
+                                            facecolors=palette(labels_train[inside] % 10), alpha=0.35,
+                                            edgecolors="none"))
+        half = zoom / 2
+        ax.set(xlim=(c[0] - half, c[0] + half), ylim=(c[1] - half, c[1] + half), aspect="equal", xlabel="z1",
+               ylabel="z2", title=f"Zoom ({zoom:g} x {zoom:g}): each training example's Q(z|x) as a 2-sigma "
+                                  f"ellipse\n{name}")
+    fig.colorbar(sc, ax=axes[0, :], ticks=range(10), label="class", shrink=0.8)
     return _finish(fig, path, dpi)

@@ -339,3 +339,19 @@ def test_plot_random_codes(tmp_path, rng):
     assert_png(tmp_path / "codes.png")
     red_x = [line for line in fig.axes[1].lines if line.get_marker() == "x"]
     assert len(red_x) == 13  # one per code in a hole (0, 5, ..., 60)
+
+
+def test_plot_latent_comparison(tmp_path, rng):
+    labels = np.repeat(np.arange(10), 20)
+    panels = [(name, rng.standard_normal((200, 2)) * s, rng.standard_normal((200, 2)) * s, np.full((200, 2), -4.0))
+              for name, s in (("with KL", 1.0), ("without KL", 5.0))]
+    fig = plots.plot_latent_comparison(panels, labels, labels, tmp_path / "cmp.png")
+    assert_png(tmp_path / "cmp.png")
+    top = fig.axes[:2]
+    assert top[0].get_xlim() == top[1].get_xlim()  # the same axes in both panels
+    from matplotlib.collections import EllipseCollection
+
+    ellipses = fig.axes[2].collections[0]
+    mu_train = panels[0][2]
+    inside = np.all(np.abs(mu_train - np.median(mu_train, axis=0)) < 0.6, axis=1)
+    assert isinstance(ellipses, EllipseCollection) and len(ellipses.get_offsets()) == inside.sum() > 0
