@@ -38,7 +38,7 @@ from .io import atomic_open
 __all__ = [
     "image_grid", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent",
     "plot_manifold", "plot_interpolation", "save_figure", "plot_kl_one_dimension", "plot_random_codes",
-    "plot_latent_comparison",
+    "plot_latent_comparison", "plot_prior_through_decoder", "plot_posterior_against_q",
 ]
 
 DPI = 100
@@ -621,4 +621,65 @@ def plot_latent_comparison(panels, labels_test, labels_train, path=None, dpi=DPI
                ylabel="z2", title=f"Zoom ({zoom:g} x {zoom:g}): each training example's Q(z|x) as a 2-sigma "
                                   f"ellipse\n{name}")
     fig.colorbar(sc, ax=axes[0, :], ticks=range(10), label="class", shrink=0.8)
+    return _finish(fig, path, dpi)
+
+
+def plot_prior_through_decoder(z, means, samples, data, path=None, dpi=DPI, lim=13.0) -> Figure:
+    """What a 2-D decoder does to the prior (notebook 05): the draws z ~ N(0, I) coloured by
+    their angle; the decoded means f_phi(z) in the same colours over the data (grey); and the
+    full samples x ~ N(f_phi(z), I) against the data. All arguments are (n, 2) arrays."""
+    z, means, samples, data = (_host(a) for a in (z, means, samples, data))
+    angle = np.arctan2(z[:, 1], z[:, 0])
+    fig = Figure(figsize=(16, 5.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    axes[0].scatter(z[:, 0], z[:, 1], c=angle, cmap="hsv", s=4)
+    axes[0].set(title="z ~ N(0, I)", xlabel="z1", ylabel="z2", xlim=(-4, 4), ylim=(-4, 4))
+    axes[1].scatter(data[:, 0], data[:, 1], color="0.8", s=4, label="data")
+    axes[1].scatter(means[:, 0], means[:, 1], c=angle, cmap="hsv", s=4)
+    axes[1].set(title="Decoded means f_phi(z) (colour = angle of z)\nover the data (grey)", xlabel="x1", ylabel="x2")
+    axes[2].scatter(data[:, 0], data[:, 1], color="0.6", s=4, label="data")
+    axes[2].scatter(samples[:, 0], samples[:, 1], color="C3", s=4, alpha=0.5, label="samples f_phi(z) + noise")
+    axes[2].set(title="Full samples x ~ N(f_phi(z), I) against the data", xlabel="x1", ylabel="x2")
+    axes[2].legend(loc="upper right", fontsize=8)
+    for ax in axes[1:]:
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim))
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+    fig.suptitle("The learned decoder maps N(0, I) onto the data")
+    return _finish(fig, path, dpi)
+
+
+def plot_posterior_against_q(coarse_log_post, extent, box, title, panels, path=None, dpi=DPI,
+                             image_shape=(28, 28)) -> Figure:
+    """The true posterior P(z|x) on a grid against the encoder's Q(z|x) (notebook 06).
+
+    Left: ``coarse_log_post`` (n, n), log P(z|x) of one example on a coarse grid over
+    ``extent`` (x0, x1, y0, y1), clipped 60 nats below its peak, with the ``box`` (lo (2,),
+    hi (2,)) of the fine grid, titled ``title``. Then one panel per ``(title, g1, g2, post,
+    q, mu, image)``: P(z|x) filled (blue) and Q(z|x) as red contours at the 1, 2 and 3 "sigma"
+    levels relative to each peak (post, q (n, n) on the grid axes g1, g2), Q's mean mu marked,
+    and the example's image as an inset.
+    """
+    from matplotlib.patches import Rectangle
+
+    coarse = _host(coarse_log_post)
+    fig = Figure(figsize=(5.7 * (1 + len(panels)), 5.4), layout="constrained")
+    axes = fig.subplots(1, 1 + len(panels))
+    im = axes[0].imshow(np.maximum(coarse, coarse.max() - 60), origin="lower", extent=extent, cmap="magma")
+    fig.colorbar(im, ax=axes[0], label="log P(z|x) (clipped 60 nats below the peak)", shrink=0.85)
+    lo, hi = (np.asarray(b, dtype=float) for b in box)
+    axes[0].add_patch(Rectangle(lo, *(hi - lo), fill=False, ec="cyan", lw=1.5, label="fine box"))
+    axes[0].legend(loc="upper right")
+    axes[0].set(xlabel="z1", ylabel="z2", title=title)
+    levels = np.exp(-0.5 * np.array([3.0, 2.0, 1.0]) ** 2)  # 3, 2, 1 "sigma" levels, relative to the peak
+    for ax, (panel_title, g1, g2, post, q, mu, image) in zip(axes[1:], panels):
+        post, q = _host(post), _host(q)
+        ax.contourf(_host(g1), _host(g2), post / post.max(), levels=[*levels, 1.0], cmap="Blues")
+        ax.contour(_host(g1), _host(g2), q / q.max(), levels=levels, colors="C3", linewidths=1.5)
+        ax.plot(*_host(mu), "r+", ms=12, mew=2)
+        ax.set(xlabel="z1", ylabel="z2", aspect="equal", title=panel_title)
+        inset = ax.inset_axes([0.0, 0.78, 0.22, 0.22])
+        inset.imshow(_host(image).reshape(image_shape), cmap="gray", vmin=0, vmax=1)
+        inset.set(xticks=[], yticks=[])
     return _finish(fig, path, dpi)

@@ -355,3 +355,20 @@ def test_plot_latent_comparison(tmp_path, rng):
     mu_train = panels[0][2]
     inside = np.all(np.abs(mu_train - np.median(mu_train, axis=0)) < 0.6, axis=1)
     assert isinstance(ellipses, EllipseCollection) and len(ellipses.get_offsets()) == inside.sum() > 0
+
+
+def test_plot_prior_through_decoder_and_posterior_against_q(tmp_path, rng):
+    z = rng.standard_normal((300, 2))
+    fig = plots.plot_prior_through_decoder(z, 5 * z, 5 * z + rng.standard_normal((300, 2)), rng.standard_normal((300, 2)),
+                                           tmp_path / "ring.png")
+    assert_png(tmp_path / "ring.png")
+    assert len(fig.axes) == 3
+    g = np.linspace(-2, 2, 41)
+    g1, g2 = np.meshgrid(g, g)
+    post, q = np.exp(-(g1**2 + g2**2)), np.exp(-((g1 - 0.3) ** 2 + g2**2))
+    coarse = -(g1**2 + g2**2)
+    panels = [("easy", g1, g2, post, q, np.array([0.3, 0.0]), rng.uniform(size=784))]
+    fig = plots.plot_posterior_against_q(coarse, (-2, 2, -2, 2), (np.array([-1.0, -1.0]), np.array([1.0, 1.0])),
+                                         "coarse", panels, tmp_path / "post.png")
+    assert_png(tmp_path / "post.png")
+    assert fig.axes[0].get_title() == "coarse" and fig.axes[0].patches  # the fine box is drawn
