@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import os
-
-import numpy as np
 
 _TABLE: dict = {}  # "module.function" -> {library name: replacement}
 _ON = [os.environ.get("NPVAE_FAST", "1").strip() != "0"]
@@ -82,7 +81,7 @@ def textbook():
         _ON[0] = before
 
 
-_LIBRARIES: dict = {np.ndarray: "numpy"}  # type -> library name ("" for none), learned on first sight
+_LIBRARIES: dict = {}  # type -> library name ("" for none), learned on first sight
 
 
 def _library(args) -> str | None:
@@ -100,6 +99,8 @@ def _library(args) -> str | None:
 
 
 def _learn(kind) -> str:
+    if issubclass(kind, numbers.Number):  # Python and NumPy scalars: not arrays, whatever they carry
+        return ""
     if hasattr(kind, "__array_namespace__"):
         return kind.__module__.split(".")[0]
     return "Backend" if kind.__name__ == "Backend" else ""
