@@ -194,8 +194,8 @@ class GradcheckReport:
 
 
 def check_model(model, x, eps, beta=1.0, h=1e-5, max_entries_per_block=None, seed=0) -> GradcheckReport:
-    """Gradient check of ``model.loss_and_grads(x, eps)`` against central differences of the
-    independently written ``model.loss(x, eps)``, block by block.
+    """Gradient check of ``model.loss_and_grads(x, eps)`` against central differences of
+    ``model.loss(x, eps)``, which runs the forward pass alone (no backward), block by block.
 
     Use a float64 model. ``eps`` must be given (the noise has to be the same in every
     evaluation). ``max_entries_per_block=None`` checks every entry; a number checks that many
