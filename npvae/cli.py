@@ -25,13 +25,18 @@ import warnings
 
 import numpy as np
 
+from . import train
 from .io import atomic_open, interrupts_deferred, remove_stale_parts
 from .layers import ACTIVATIONS
 
+# fit's settings (its names) -> the command line's (their flags' names)
+FIT_TO_CLI = {"batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "beta": "beta",
+              "kl_warmup_epochs": "kl_warmup", "binarize": "binarize", "seed": "seed", "dataset": "dataset"}
+# npvae train's defaults: the model's and the data's here, the training's from fit (one place)
 TRAIN_DEFAULTS = {
     "dataset": "mnist-subset", "epochs": 30, "latent_dim": 20, "hidden": [400], "likelihood": "bernoulli",
-    "activation": "relu", "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "beta": 1.0, "kl_warmup": 0,
-    "binarize": "none", "seed": 0, "posterior": "diagonal",
+    "activation": "relu", "posterior": "diagonal",
+    **{FIT_TO_CLI[key]: value for key, value in train.DEFAULTS.items() if key != "dataset"},
 }
 MODEL_FLAGS = ("latent_dim", "hidden", "likelihood", "activation", "posterior")
 
@@ -211,9 +216,6 @@ def cmd_gradcheck(args) -> int:
 RUN_FILES = ("checkpoint.npz", "history.csv", "run.json", "loss.png", "reconstructions.png", "samples.png",
              "latent.png", "manifold.png")
 LOCK_FILE = ".npvae-train.lock"
-# checkpoint settings (fit's names) -> command-line settings
-FIT_TO_CLI = {"batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "beta": "beta",
-              "kl_warmup_epochs": "kl_warmup", "binarize": "binarize", "seed": "seed", "dataset": "dataset"}
 
 
 def _flag(key):
@@ -259,8 +261,10 @@ def _resolve_train_settings(args, model=None):
                 and given != saved[key]:
             raise ValueError(f"{_flag(key)}: the run being resumed was trained with {saved[key]!r} and goes on with "
                              f"it (start a new run to change it); got {given!r}")
-        settings[key] = given if given is not None else saved.get(key, default) if saved.get(key) is not None \
-            else default
+        if given is not None:
+            settings[key] = given
+        else:
+            settings[key] = saved[key] if saved.get(key) is not None else default
     if model is not None:
         if saved.get("dataset") is None and args.dataset is None:
             raise ValueError(f"--dataset: {args.resume} does not say which data it was trained on; give --dataset")
@@ -371,10 +375,9 @@ def cmd_train(args) -> int:
         print(f"{model}\ntraining on {settings['dataset']} ({x_train.shape[0]} train, {x_test.shape[0]} test), "
               f"backend {model.backend.name}, writing to {out}")
         started = time.perf_counter()
-        fit_settings = {"lr": settings["lr"], "dataset": settings["dataset"]} if args.resume else {
-            "batch_size": settings["batch_size"], "optimizer": settings["optimizer"], "lr": settings["lr"],
-            "beta": settings["beta"], "kl_warmup_epochs": settings["kl_warmup"], "binarize": settings["binarize"],
-            "seed": settings["seed"], "dataset": settings["dataset"]}
+        # a resumed run goes on with its saved settings: only lr (and a format-1 file's dataset) are passed
+        passed_on = ("lr", "dataset") if args.resume else tuple(FIT_TO_CLI)
+        fit_settings = {key: settings[FIT_TO_CLI[key]] for key in passed_on}
         history = fit(model, x_train, x_test, epochs=settings["epochs"], progress=not args.no_progress,
                       callbacks=[after_epoch], resume=bool(args.resume), **fit_settings)
     except TrainingError as exc:

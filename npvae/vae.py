@@ -133,28 +133,27 @@ class GaussianPosterior:
     def log_prob(self, z):
         """log N(z; mean, Sigma) for z (N, Z), or (N, k, Z) for k points of each row: (N,) or (N, k)."""
         if self.lower is None:
-            mean, logvar = (self._stacked(a) for a in (self.mean, self.logvar)) if z.ndim == 3 else (self.mean, self.logvar)
-            return dist.gaussian_log_density(z, mean, logvar)
-        mean, L = (self._stacked(a) for a in (self.mean, self.scale_tril)) if z.ndim == 3 else (self.mean, self.scale_tril)
-        return dist.full_gaussian_log_density(z, mean, L)
+            return dist.gaussian_log_density(z, *self._against(z, self.mean, self.logvar))
+        return dist.full_gaussian_log_density(z, *self._against(z, self.mean, self.scale_tril))
 
     def rsample(self, eps):
         """z = mean + L eps for eps (N, Z), or (N, k, Z) for k draws of each row."""
         if self.lower is None:
-            mean, logvar = (self._stacked(a) for a in (self.mean, self.logvar)) if eps.ndim == 3 else (self.mean, self.logvar)
-            return dist.reparameterize(mean, logvar, eps)
-        mean, L = (self._stacked(a) for a in (self.mean, self.scale_tril)) if eps.ndim == 3 else (self.mean, self.scale_tril)
-        return dist.reparameterize_full(mean, L, eps)
+            return dist.reparameterize(*self._against(eps, self.mean, self.logvar), eps)
+        return dist.reparameterize_full(*self._against(eps, self.mean, self.scale_tril), eps)
 
     def log_prob_at_sample(self, eps):
         """``log_prob(rsample(eps))``, computed from eps: stable where Sigma is nearly singular."""
         if self.lower is None:
-            return dist.gaussian_log_density_at_sample(eps, self._stacked(self.logvar) if eps.ndim == 3 else self.logvar)
-        return dist.full_gaussian_log_density_at_sample(eps, self._stacked(self.log_diag) if eps.ndim == 3 else self.log_diag)
+            return dist.gaussian_log_density_at_sample(eps, *self._against(eps, self.logvar))
+        return dist.full_gaussian_log_density_at_sample(eps, *self._against(eps, self.log_diag))
 
-    def _stacked(self, a):
-        """(N, ...) -> (N, 1, ...): one row against k draws."""
-        return self.xp.reshape(a, (a.shape[0], 1, *a.shape[1:]))
+    def _against(self, points, *params):
+        """``params`` (N, ...) as they broadcast against ``points``: unchanged for points (N, Z),
+        (N, 1, ...) for points (N, k, Z), one row against its k points."""
+        if points.ndim != 3:
+            return params
+        return [self.xp.reshape(a, (a.shape[0], 1, *a.shape[1:])) for a in params]
 
 
 def _device_of(a) -> dict:
