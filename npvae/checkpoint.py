@@ -61,7 +61,7 @@ import numpy as np
 from .backend import DTYPES, get_backend, to_numpy
 from .checks import memory_bytes
 from .random import Generator
-from .io import atomic_open
+from .io import atomic_open, open_regular
 
 FORMAT = "npvae-checkpoint"
 VERSION = 2
@@ -146,12 +146,12 @@ def load(path):
     from .vae import VAE, parameter_count
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-    try:
-        file = open(path, "rb")
+    try:  # a directory, FIFO, socket or device is refused before it is opened for reading
+        file = open_regular(path, "checkpoint file")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint file") from None
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror or _one_line(exc)})") from None
     with file:  # one open file throughout: a save that replaces the file meanwhile changes nothing here
