@@ -33,8 +33,9 @@ everything needed to resume or evaluate the run (fit's settings, the data set's 
                    binarize, seed, and ``dataset`` (the data's name, or null for arrays
                    passed from Python)
 ``optimizer``      name, t and exactly that optimizer's hyperparameters (or null)
-``data_rng``       fit's PCG64 state for the data order and binarization (or null)
-``noise_rng``      fit's PCG64 state for eps (or null)
+``data_rng``       fit's PCG64 state for the data order and binarization (null only
+                   when ``optimizer`` is null: a run with an optimizer state resumes from it)
+``noise_rng``      fit's PCG64 state for eps (null only when ``optimizer`` is null)
 =================  =====================================================================
 
 Writes are atomic (a temporary file, then a rename), so an interrupted save never destroys
@@ -476,6 +477,9 @@ def _validate_meta(meta) -> dict:
     for key in ("data_rng", "noise_rng"):
         if meta[key] is not None:
             _validate_rng(key, meta[key])
+        elif opt is not None:  # fit always has both streams: resuming needs them
+            _fail(key, "the state of a NumPy PCG64 generator (a checkpoint with an optimizer state resumes from it)",
+                  None)
     return meta
 
 
