@@ -4,8 +4,9 @@
     model = npvae.load("run/checkpoint.npz")
     npvae.fit(model, x, epochs=20, resume=True)   # goes on exactly where it stopped
 
-The file is a NumPy ``.npz`` archive holding only plain arrays, read back with
-``allow_pickle=False``: a file that holds pickled Python objects is refused, never executed.
+The file is a NumPy ``.npz`` archive holding only plain arrays, uncompressed (``np.savez``),
+read back with ``allow_pickle=False``: a file that holds pickled Python objects is refused,
+never executed, and one with compressed members is refused before anything is inflated.
 A checkpoint is self-sufficient: it carries the model, and for a model trained by ``fit``
 everything needed to resume or evaluate the run (fit's settings, the data set's name).
 
@@ -307,7 +308,15 @@ def _members(archive, path) -> dict:
     for name in members:
         if name not in ("meta", "params") and not name.startswith("opt."):
             raise CheckpointError(f"{path}: unexpected array {_show(name)} (expected meta, params and opt.<buffer>)")
+    for info in members.values():  # save stores; inflating could fill memory (a zip bomb)
+        if info.compress_type != zipfile.ZIP_STORED:
+            method = _COMPRESSION.get(info.compress_type, f"method {info.compress_type}")
+            raise CheckpointError(f"{path}: {_show(info.filename)}: a compressed member ({method}); npvae writes "
+                                  "uncompressed checkpoints and does not inflate compressed members")
     return members
+
+
+_COMPRESSION = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 
 
 def _read_header(archive, info, name, path):

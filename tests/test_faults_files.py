@@ -232,7 +232,7 @@ def test_a_compressed_checkpoint_is_refused_before_inflating_anything(subset_run
     monkeypatch.setattr(zipfile, "_get_decompressor", inflate)
     with pytest.raises(CheckpointError) as info:
         npvae.load(tmp_path / "z.npz")
-    assert str(info.value) == (f"{tmp_path / 'z.npz'}: meta.npy: a compressed member (deflate); npvae writes "
+    assert str(info.value) == (f"{tmp_path / 'z.npz'}: 'meta.npy': a compressed member (deflate); npvae writes "
                                "uncompressed checkpoints and does not inflate compressed members")
 
 
