@@ -85,6 +85,7 @@ import gzip
 import hashlib
 import http.client
 import importlib.resources
+import math
 import os
 import struct
 import sys
@@ -97,6 +98,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .checks import memory_bytes
+from .io import open_regular
 
 NAMES = ("mnist-subset", "fashion-mnist", "mnist")
 DEFAULT_NAME = "mnist-subset"
@@ -355,13 +359,32 @@ def read_idx(path, shape=None) -> np.ndarray:
     Gzip is recognized by its magic bytes ``1f 8b``, not by the file name. Checked: the magic
     number (``00 00``, a known type code from ``IDX_DTYPES``, at least one dimension), the
     header length, that the data holds exactly ``prod(dims) * itemsize`` bytes, and, if
-    ``shape`` is given (a tuple, ``None`` entries match anything), the dimensions. The array
-    comes back in native byte order: uint8, int8, int16, int32, float32 or float64. A
-    dimension may be 0 (an empty array comes back; ``load`` refuses files with no examples).
-    Anything wrong raises ``DatasetError`` naming ``path``.
+    ``shape`` is given (a tuple, ``None`` entries match anything), the dimensions. The header is
+    checked before any data is read: data larger than this machine's memory is refused unread,
+    and a gzip stream is inflated no further than the header's size plus one byte (a file
+    that inflates to more is refused: no gzip bomb fills the memory). The array comes back in
+    native byte order: uint8, int8, int16, int32, float32 or float64. A dimension may be 0 (an
+    empty array comes back; ``load`` refuses files with no examples). Anything wrong raises
+    ``DatasetError`` naming ``path``.
     """
     path = Path(path)
-    raw = _read_bytes(path)
+    try:
+        f = open_regular(path, "file")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(exc if isinstance(exc, ValueError) else
+                           f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+    with f:
+        on_disk = os.fstat(f.fileno()).st_size
+        gz = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
+        return _read_idx_stream(path, stream, gz, on_disk, shape)
+
+
+def _read_idx_stream(path: Path, stream, gz: bool, on_disk: int, shape) -> np.ndarray:
+    """``read_idx`` on an open stream: the header, its checks, then at most the data it
+    announces (plus one byte, to see that there is more)."""
+    raw = _read_upto(path, stream, 4, gz, on_disk)
     if len(raw) < 4:
         raise DatasetError(f"{path}: expected an IDX header of at least 4 bytes, got {len(raw)}")
     zero0, zero1, code, ndim = raw[0], raw[1], raw[2], raw[3]
@@ -376,6 +399,7 @@ def read_idx(path, shape=None) -> np.ndarray:
     if ndim < 1:
         raise DatasetError(f"{path}: expected at least 1 dimension in the IDX header, got 0")
     header = 4 + 4 * ndim
+    raw += _read_upto(path, stream, header - 4, gz, on_disk)
     if len(raw) < header:
         raise DatasetError(
             f"{path}: expected a {header}-byte header for {ndim} dimensions, "
@@ -389,37 +413,45 @@ def read_idx(path, shape=None) -> np.ndarray:
             want = ", ".join("N" if s is None else str(s) for s in shape)
             want = f"({want},)" if len(shape) == 1 else f"({want})"
             raise DatasetError(f"{path}: expected dimensions {want} (N: any), got {tuple(dims)}")
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    got = len(raw) - header
-    if got != expected:
-        raise DatasetError(
-            f"{path}: expected {expected} bytes of data for shape {tuple(dims)} "
-            f"({dtype.itemsize}-byte {dtype.name}), got {got}"
-        )
-    if expected == 0:  # np.frombuffer refuses an offset at the very end of the buffer
+    expected = math.prod(dims) * dtype.itemsize
+    total = memory_bytes()
+    if total and expected > total:
+        raise DatasetError(f"{path}: the header says shape {tuple(dims)}, {expected} bytes of data, more than "
+                           f"this machine's {total / 2**30:.1f} GiB of memory")
+    what = f"{path}: expected {expected} bytes of data for shape {tuple(dims)} ({dtype.itemsize}-byte {dtype.name})"
+    if not gz and on_disk - header != expected:  # a raw file's length is known without reading it
+        raise DatasetError(f"{what}, got {on_disk - header}")
+    data = _read_upto(path, stream, expected + 1, gz, on_disk)
+    if len(data) > expected:
+        raise DatasetError(f"{what}, got more (reading stopped at {len(data)})")
+    if len(data) < expected:
+        raise DatasetError(f"{what}, got {len(data)}")
+    if expected == 0:  # np.frombuffer refuses an empty buffer
         return np.zeros(dims, dtype=dtype.newbyteorder("="))
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return data.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))  # a writable copy
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed if it starts with the gzip magic ``1f 8b``."""
+def _read_upto(path: Path, stream, n: int, gz: bool, on_disk: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end), read 1 MiB at a time; a
+    damaged gzip stream is a ``DatasetError`` naming ``path``."""
+    chunks, got = [], 0
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
+        while got < n:
+            chunk = stream.read(min(n - got, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
     except EOFError as exc:
         raise DatasetError(
             f"{path}: truncated gzip stream: the file ends before the end of the compressed "
-            f"data ({len(raw)} bytes on disk); download it again"
+            f"data ({on_disk} bytes on disk); download it again"
         ) from exc
     except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        if not gz:
+            raise DatasetError(f"{path}: cannot read the file ({getattr(exc, 'strerror', None) or exc})") from exc
         raise DatasetError(f"{path}: corrupt gzip data ({exc}); download it again") from exc
+    return b"".join(chunks)
 
 
 def _load_idx_folder(folder: Path, name: str):
