@@ -301,12 +301,20 @@ def test_a_truncated_file_in_the_cache_says_which_file_to_delete(tmp_path, monke
 
 
 # --- 22. messages that mention model.save -----------------------------------------------------
-def test_no_message_mentions_model_save():
-    # npvae.save(model, path) is the API; there is no model.save.
+def test_the_backend_switch_message_gives_the_real_save_call(tmp_path, use_backend):
+    # There is no model.save; the message said "save it with model.save(path)".
+    model = npvae.VAE(6, (4,), 2, seed=1)
+    other = "strict" if model.backend.name == "numpy" else "numpy"
+    use_backend(other)
+    with pytest.raises(ValueError) as info:
+        model.sample(2)
+    assert "save it with npvae.save(model, path) and npvae.load(path) it on the new backend" in str(info.value)
+    assert not hasattr(model, "save")
+    npvae.save(model, tmp_path / "m.npz")  # what it says works
+    assert npvae.load(tmp_path / "m.npz").backend.name == other
     root = os.path.dirname(npvae.__file__)
     for folder, _, files in os.walk(root):
         for name in files:
             if name.endswith(".py"):
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     assert "model.save(" not in f.read(), os.path.join(folder, name)
-    assert not hasattr(npvae.VAE, "save")
