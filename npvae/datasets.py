@@ -395,7 +395,7 @@ def read_idx(path, shape=None) -> np.ndarray:
     try:
         f = open_regular(path, "file")
     except (OSError, ValueError) as exc:
-        raise DatasetError(exc if isinstance(exc, ValueError) else
+        raise DatasetError(str(exc) if isinstance(exc, ValueError) else  # a FIFO, a device
                            f"{path}: cannot read the file ({exc.strerror or exc})") from exc
     with f:
         on_disk = os.fstat(f.fileno()).st_size

@@ -1,7 +1,8 @@
 """Files that are not what they seem (issue 16, items 5, 8, 12, 15, 21, 22): an empty or
 mistyped data folder, a checkpoint without its random streams, a FIFO, socket or device where a
 file should be, compressed (zip-bomb) checkpoints and gzip IDX files, a truncated file in the
-download cache. Each test failed on the code before its fix.
+download cache. Each item has tests that failed on the code before its fix (those that say
+"still" check a behaviour kept).
 
 The data-set tests run with test_datasets' isolation (cache in tmp_path, NPVAE_DATA unset, no
 system folders, mirrors at a closed local port), imported here with its local HTTP server.
@@ -146,6 +147,7 @@ def test_a_checkpoint_without_its_random_streams_is_refused(subset_run, tmp_path
 
 
 def test_a_training_state_without_an_optimizer_may_still_lack_its_streams(subset_run, tmp_path):
+    # still: nothing resumes from it (fit refuses a state without an optimizer), so null is fine
     path, _ = subset_run
     with np.load(path, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files if not k.startswith("opt.")}
