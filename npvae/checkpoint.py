@@ -4,8 +4,9 @@
     model = npvae.load("run/checkpoint.npz")
     npvae.fit(model, x, epochs=20, resume=True)   # goes on exactly where it stopped
 
-The file is a NumPy ``.npz`` archive holding only plain arrays, read back with
-``allow_pickle=False``: a file that holds pickled Python objects is refused, never executed.
+The file is a NumPy ``.npz`` archive holding only plain arrays, uncompressed (``np.savez``),
+read back with ``allow_pickle=False``: a file that holds pickled Python objects is refused,
+never executed, and one with compressed members is refused before anything is inflated.
 A checkpoint is self-sufficient: it carries the model, and for a model trained by ``fit``
 everything needed to resume or evaluate the run (fit's settings, the data set's name).
 
@@ -33,8 +34,9 @@ everything needed to resume or evaluate the run (fit's settings, the data set's 
                    binarize, seed, and ``dataset`` (the data's name, or null for arrays
                    passed from Python)
 ``optimizer``      name, t and exactly that optimizer's hyperparameters (or null)
-``data_rng``       fit's PCG64 state for the data order and binarization (or null)
-``noise_rng``      fit's PCG64 state for eps (or null)
+``data_rng``       fit's PCG64 state for the data order and binarization (null only
+                   when ``optimizer`` is null: a run with an optimizer state resumes from it)
+``noise_rng``      fit's PCG64 state for eps (null only when ``optimizer`` is null)
 =================  =====================================================================
 
 Writes are atomic (a temporary file, then a rename), so an interrupted save never destroys
@@ -61,7 +63,7 @@ import numpy as np
 from .backend import DTYPES, get_backend, to_numpy
 from .checks import memory_bytes
 from .random import Generator
-from .io import atomic_open
+from .io import atomic_open, open_regular
 
 FORMAT = "npvae-checkpoint"
 VERSION = 2
@@ -146,12 +148,12 @@ def load(path):
     from .vae import VAE, parameter_count
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-    try:
-        file = open(path, "rb")
+    try:  # a directory, FIFO, socket or device is refused before it is opened for reading
+        file = open_regular(path, "checkpoint file")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint file") from None
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror or _one_line(exc)})") from None
     with file:  # one open file throughout: a save that replaces the file meanwhile changes nothing here
@@ -306,7 +308,15 @@ def _members(archive, path) -> dict:
     for name in members:
         if name not in ("meta", "params") and not name.startswith("opt."):
             raise CheckpointError(f"{path}: unexpected array {_show(name)} (expected meta, params and opt.<buffer>)")
+    for info in members.values():  # save stores; inflating could fill memory (a zip bomb)
+        if info.compress_type != zipfile.ZIP_STORED:
+            method = _COMPRESSION.get(info.compress_type, f"method {info.compress_type}")
+            raise CheckpointError(f"{path}: {_show(info.filename)}: a compressed member ({method}); npvae writes "
+                                  "uncompressed checkpoints and does not inflate compressed members")
     return members
+
+
+_COMPRESSION = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 
 
 def _read_header(archive, info, name, path):
@@ -476,6 +486,9 @@ def _validate_meta(meta) -> dict:
     for key in ("data_rng", "noise_rng"):
         if meta[key] is not None:
             _validate_rng(key, meta[key])
+        elif opt is not None:  # fit always has both streams: resuming needs them
+            _fail(key, "the state of a NumPy PCG64 generator (a checkpoint with an optimizer state resumes from it)",
+                  None)
     return meta
 
 

@@ -223,10 +223,14 @@ def _flag(key):
 
 
 def _read_run_json(path) -> dict:
-    """The ``settings`` of a run.json, or a ValueError naming the file."""
+    """The ``settings`` of a run.json, or a ValueError naming the file (a FIFO, socket or
+    device is refused before it is opened for reading)."""
+    from .io import open_regular
+
+    with open_regular(path, "run.json file") as f:
+        text = f.read()
     try:
-        with open(path) as f:
-            run = json.load(f)
+        run = json.loads(text)
         settings = run.get("settings", {}) if isinstance(run, dict) else None
         if not isinstance(settings, dict):
             raise ValueError("expected an object with an object 'settings'")

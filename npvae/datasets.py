@@ -27,18 +27,22 @@ Datasets (``NAMES``):
     and shuffled, so neither set is grouped by digit.
 
 ``mnist`` and ``fashion-mnist`` (60,000 train + 10,000 test each)
-    The four IDX files of each (``FILES``) are looked for, in this order, in
+    The four IDX files of each (``FILES``) are read from ``data_dir`` (the argument; the
+    CLI's ``--data-dir``) when it is given, directly or from ``data_dir/<name>/``, and from
+    nowhere else: a ``data_dir`` that does not exist, is a file, or holds none or only some of
+    the four files is a ``DatasetError`` naming it, never a fall-through to another folder or
+    a download. Without ``data_dir`` they are looked for, in this order, in
 
-    1. ``data_dir`` (the argument; the CLI's ``--data-dir``), directly or in ``data_dir/<name>/``
-       (``data_dir`` must be an existing folder: a missing one, or a file, is a ``ValueError``
-       naming it, not silently skipped);
-    2. ``$NPVAE_DATA``, directly or in ``$NPVAE_DATA/<name>/``;
-    3. the cache ``cache_dir()/<name>/``: ``$NPVAE_CACHE``, else ``$XDG_CACHE_HOME/npvae``,
+    1. ``$NPVAE_DATA``, directly or in ``$NPVAE_DATA/<name>/`` (when set, it must be an
+       existing folder: a mistyped one is a ``DatasetError`` naming it);
+    2. the cache ``cache_dir()/<name>/``: ``$NPVAE_CACHE``, else ``$XDG_CACHE_HOME/npvae``,
        else ``~/.cache/npvae``;
-    4. system folders (``SYSTEM_DIRS``): ``/usr/share/datasets/fashion-mnist`` is where
+    3. system folders (``SYSTEM_DIRS``): ``/usr/share/datasets/fashion-mnist`` is where
        Debian's ``apt-get install dataset-fashion-mnist`` puts Fashion-MNIST;
 
-    and if none has all four, they are downloaded into the cache (``download``).
+    and if none has all four, they are downloaded into the cache (``download``). A damaged
+    file in the cache is reported with its full path, to delete: the next ``load`` downloads
+    it afresh. ``last_source()`` says where the last ``load``'s data came from.
 
     Downloads: each file is fetched from the mirrors of ``MIRRORS[name]`` in order (https ones
     first) with ``urllib``, streamed into a temporary file next to its final place. A file may
@@ -52,7 +56,8 @@ Datasets (``NAMES``):
     network failure.
 
     Files found locally may be gzipped (``.gz``) or raw. They are checked for structure by
-    ``read_idx`` (magic number, dimensions, length; at least one image or label) and for
+    ``read_idx`` (magic number, dimensions, length, a gzip file inflated no further than its
+    header says; at least one image or label) and for
     identity by a content fingerprint that costs nothing beyond reading them: the number of
     labels and the first ten labels of a labels file, the number of images and the mean grey
     level of an images file (``KNOWN_LABELS``, ``KNOWN_MEAN_PIXEL``). MNIST's and
@@ -85,6 +90,7 @@ import gzip
 import hashlib
 import http.client
 import importlib.resources
+import math
 import os
 import struct
 import sys
@@ -97,6 +103,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .checks import memory_bytes
+from .io import open_regular
 
 NAMES = ("mnist-subset", "fashion-mnist", "mnist")
 DEFAULT_NAME = "mnist-subset"
@@ -238,24 +247,43 @@ def load(name: str = DEFAULT_NAME, data_dir=None):
     ``x``: float32 (N, 784) in [0, 1] (pixel / 255); ``y``: int64 (N,) in 0..9.
     ``name`` is one of ``NAMES``: ``"mnist-subset"`` (8,000 / 2,000, shipped in the package),
     ``"fashion-mnist"`` or ``"mnist"`` (60,000 / 10,000; found locally or downloaded, see the
-    module docstring). ``data_dir`` (a folder, or None) is searched first for the full-size
-    datasets (a ``ValueError`` if it is not an existing folder); the subset ignores it.
-    Local files of the wrong dataset are refused, unrecognized ones used with a
-    ``DatasetWarning`` (see the module docstring).
+    module docstring). ``data_dir`` (a folder, or None): for the full-size datasets, the only
+    place the files are read from, directly or in ``data_dir/<name>``: a ``DatasetError``
+    (a ``ValueError``) naming it when it is not an existing folder or lacks any of the four
+    files, never another folder or a download; the subset ignores it. A set ``$NPVAE_DATA``
+    must likewise be an existing folder. Local files of the wrong dataset are refused,
+    unrecognized ones used with a ``DatasetWarning`` (see the module docstring).
+    ``last_source()`` then says where the data came from.
     """
+    global _source
+    _source = None
     if not isinstance(name, str) or name not in NAMES:
         raise ValueError(f"name: expected one of {NAMES}, got {name!r}")
     if name == "mnist-subset":
         images, labels = load_subset_arrays()
         train_idx, test_idx = subset_split(labels)
+        _source = f"the MNIST subset shipped with npvae ({importlib.resources.files('npvae') / 'data' / SUBSET_FILE})"
         return (
             (_to_float(images[train_idx]), labels[train_idx].astype(np.int64)),
             (_to_float(images[test_idx]), labels[test_idx].astype(np.int64)),
         )
-    folder = find_files(name, data_dir)
-    if folder is None:
-        folder = download(name, data_dir=data_dir)
-    return _load_idx_folder(folder, name)
+    found = _find(name, data_dir)
+    folder, origin = found if found is not None else (download(name), "downloaded into the download cache")
+    data = _load_idx_folder(folder, name, cached=folder == cache_dir() / name)
+    _source = f"{folder} ({origin}): " + ", ".join(_local_file(folder, f).name for _, f in FILES)
+    return data
+
+
+_source = None  # what last_source() says
+
+
+def last_source() -> str | None:
+    """Where the data of the last ``load`` came from, in one line (None before the first
+    ``load``, or after one that failed): ``"the MNIST subset shipped with npvae (<its path>)"``,
+    or ``"<folder> (<how it was found>): <the four files read>"``, the how being ``data_dir``,
+    ``$NPVAE_DATA``, ``the download cache``, ``a system folder`` or ``downloaded into the
+    download cache``. ``npvae train`` prints it."""
+    return _source
 
 
 def class_names(name: str) -> tuple[str, ...]:
@@ -355,13 +383,32 @@ def read_idx(path, shape=None) -> np.ndarray:
     Gzip is recognized by its magic bytes ``1f 8b``, not by the file name. Checked: the magic
     number (``00 00``, a known type code from ``IDX_DTYPES``, at least one dimension), the
     header length, that the data holds exactly ``prod(dims) * itemsize`` bytes, and, if
-    ``shape`` is given (a tuple, ``None`` entries match anything), the dimensions. The array
-    comes back in native byte order: uint8, int8, int16, int32, float32 or float64. A
-    dimension may be 0 (an empty array comes back; ``load`` refuses files with no examples).
-    Anything wrong raises ``DatasetError`` naming ``path``.
+    ``shape`` is given (a tuple, ``None`` entries match anything), the dimensions. The header is
+    checked before any data is read: data larger than this machine's memory is refused unread,
+    and a gzip stream is inflated no further than the header's size plus one byte (a file
+    that inflates to more is refused: no gzip bomb fills the memory). The array comes back in
+    native byte order: uint8, int8, int16, int32, float32 or float64. A dimension may be 0 (an
+    empty array comes back; ``load`` refuses files with no examples). Anything wrong raises
+    ``DatasetError`` naming ``path``.
     """
     path = Path(path)
-    raw = _read_bytes(path)
+    try:
+        f = open_regular(path, "file")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(str(exc) if isinstance(exc, ValueError) else  # a FIFO, a device
+                           f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+    with f:
+        on_disk = os.fstat(f.fileno()).st_size
+        gz = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
+        return _read_idx_stream(path, stream, gz, on_disk, shape)
+
+
+def _read_idx_stream(path: Path, stream, gz: bool, on_disk: int, shape) -> np.ndarray:
+    """``read_idx`` on an open stream: the header, its checks, then at most the data it
+    announces (plus one byte, to see that there is more)."""
+    raw = _read_upto(path, stream, 4, gz, on_disk)
     if len(raw) < 4:
         raise DatasetError(f"{path}: expected an IDX header of at least 4 bytes, got {len(raw)}")
     zero0, zero1, code, ndim = raw[0], raw[1], raw[2], raw[3]
@@ -376,6 +423,7 @@ def read_idx(path, shape=None) -> np.ndarray:
     if ndim < 1:
         raise DatasetError(f"{path}: expected at least 1 dimension in the IDX header, got 0")
     header = 4 + 4 * ndim
+    raw += _read_upto(path, stream, header - 4, gz, on_disk)
     if len(raw) < header:
         raise DatasetError(
             f"{path}: expected a {header}-byte header for {ndim} dimensions, "
@@ -389,57 +437,76 @@ def read_idx(path, shape=None) -> np.ndarray:
             want = ", ".join("N" if s is None else str(s) for s in shape)
             want = f"({want},)" if len(shape) == 1 else f"({want})"
             raise DatasetError(f"{path}: expected dimensions {want} (N: any), got {tuple(dims)}")
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    got = len(raw) - header
-    if got != expected:
-        raise DatasetError(
-            f"{path}: expected {expected} bytes of data for shape {tuple(dims)} "
-            f"({dtype.itemsize}-byte {dtype.name}), got {got}"
-        )
-    if expected == 0:  # np.frombuffer refuses an offset at the very end of the buffer
+    expected = math.prod(dims) * dtype.itemsize
+    total = memory_bytes()
+    if total and expected > total:
+        raise DatasetError(f"{path}: the header says shape {tuple(dims)}, {expected} bytes of data, more than "
+                           f"this machine's {total / 2**30:.1f} GiB of memory")
+    what = f"{path}: expected {expected} bytes of data for shape {tuple(dims)} ({dtype.itemsize}-byte {dtype.name})"
+    if not gz and on_disk - header != expected:  # a raw file's length is known without reading it
+        raise DatasetError(f"{what}, got {on_disk - header}")
+    data = _read_upto(path, stream, expected + 1, gz, on_disk)
+    if len(data) > expected:
+        raise DatasetError(f"{what}, got more (reading stopped at {len(data)})")
+    if len(data) < expected:
+        raise DatasetError(f"{what}, got {len(data)}")
+    if expected == 0:  # np.frombuffer refuses an empty buffer
         return np.zeros(dims, dtype=dtype.newbyteorder("="))
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return data.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))  # a writable copy
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed if it starts with the gzip magic ``1f 8b``."""
+def _read_upto(path: Path, stream, n: int, gz: bool, on_disk: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end), read 1 MiB at a time; a
+    damaged gzip stream is a ``DatasetError`` naming ``path``."""
+    chunks, got = [], 0
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
+        while got < n:
+            chunk = stream.read(min(n - got, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
     except EOFError as exc:
         raise DatasetError(
             f"{path}: truncated gzip stream: the file ends before the end of the compressed "
-            f"data ({len(raw)} bytes on disk); download it again"
+            f"data ({on_disk} bytes on disk); download it again"
         ) from exc
     except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        if not gz:
+            raise DatasetError(f"{path}: cannot read the file ({getattr(exc, 'strerror', None) or exc})") from exc
         raise DatasetError(f"{path}: corrupt gzip data ({exc}); download it again") from exc
+    return b"".join(chunks)
 
 
-def _load_idx_folder(folder: Path, name: str):
+def _load_idx_folder(folder: Path, name: str, cached: bool = False):
     """Read the four IDX files of dataset ``name`` in ``folder``, check their structure and
-    identity (``_check_identity``), and turn them into the ``load`` arrays."""
+    identity (``_check_identity``), and turn them into the ``load`` arrays. ``cached``: the
+    folder is the download cache, so a bad file's message says to delete it (full path) for
+    ``load`` to download it afresh."""
     paths = {role: _local_file(folder, fname) for role, fname in FILES}
     missing = [fname for role, fname in FILES if paths[role] is None]
     if missing:
         raise DatasetError(f"{folder}: expected the files {', '.join(missing)} (or without .gz)")
+    arrays = {}
+    for role, path in paths.items():
+        split, kind = role.split("_")
+        try:
+            a = read_idx(path, shape=(None,) + IMAGE_SHAPE if kind == "images" else (None,))
+            if a.dtype != np.uint8:
+                raise DatasetError(f"{path}: expected unsigned bytes (IDX type 0x08), got {a.dtype}")
+            if a.shape[0] == 0:
+                raise DatasetError(f"{path}: expected at least one {kind[:-1]}, got 0")
+            _check_identity(path, a, name, split)
+        except DatasetError as exc:
+            if not cached:
+                raise
+            raise DatasetError(f"{str(exc).removesuffix('; download it again')}; it is in npvae's download cache: "
+                               f"delete {path.absolute()} and load again to download it afresh") from None
+        arrays[role] = a
     out = []
     for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         images_path, labels_path = paths[f"{split}_images"], paths[f"{split}_labels"]
-        images = read_idx(images_path, shape=(None,) + IMAGE_SHAPE)
-        labels = read_idx(labels_path, shape=(None,))
-        for p, a, what in ((images_path, images, "image"), (labels_path, labels, "label")):
-            if a.dtype != np.uint8:
-                raise DatasetError(f"{p}: expected unsigned bytes (IDX type 0x08), got {a.dtype}")
-            if a.shape[0] == 0:
-                raise DatasetError(f"{p}: expected at least one {what}, got 0")
-            _check_identity(p, a, name, split)
         if labels.shape[0] != images.shape[0]:
             raise DatasetError(
                 f"{labels_path}: expected {images.shape[0]} labels, one per image "
@@ -522,18 +589,28 @@ def cache_dir() -> Path:
 
 
 def search_dirs(name: str, data_dir=None) -> list[Path]:
-    """The folders searched for dataset ``name``, in order (see the module docstring)."""
-    dirs = []
-    for root in (data_dir, os.environ.get("NPVAE_DATA") or None):
+    """The folders searched for dataset ``name``, in order (see the module docstring): only
+    ``data_dir`` and ``data_dir/<name>`` when ``data_dir`` is given."""
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        return [root, root / name]
+    return [folder for folder, _ in _candidates(name)]
+
+
+def _candidates(name: str, data_dir=None) -> list[tuple[Path, str]]:
+    """(folder, where it comes from) for every place the files of ``name`` may be put, in
+    search order: data_dir's two, $NPVAE_DATA's two, the cache, system folders."""
+    pairs = []
+    for root, origin in ((data_dir, "data_dir"), (os.environ.get("NPVAE_DATA") or None, "$NPVAE_DATA")):
         if root is not None:
             root = Path(root).expanduser()
-            dirs += [root, root / name]
-    dirs.append(cache_dir() / name)
-    dirs += [Path(p) for p in SYSTEM_DIRS.get(name, [])]
+            pairs += [(root, origin), (root / name, origin)]
+    pairs.append((cache_dir() / name, "the download cache"))
+    pairs += [(Path(p), "a system folder") for p in SYSTEM_DIRS.get(name, [])]
     out = []
-    for d in dirs:  # keep the first of duplicates
-        if d not in out:
-            out.append(d)
+    for folder, origin in pairs:  # keep the first of duplicates
+        if folder not in [f for f, _ in out]:
+            out.append((folder, origin))
     return out
 
 
@@ -545,34 +622,66 @@ def _local_file(folder: Path, fname: str) -> Path | None:
     return None
 
 
-def _check_data_dir(data_dir) -> None:
-    """``ValueError`` unless ``data_dir`` is None or an existing folder (a typo in a path must
-    not fall through to another folder or a download)."""
-    if data_dir is None:
-        return
-    path = Path(data_dir).expanduser()
+def _complete(folder: Path) -> bool:
+    return all(_local_file(folder, fname) is not None for _, fname in FILES)
+
+
+def _check_folder(what: str, value) -> Path:
+    """``value`` as a Path, or a ``DatasetError`` unless it is an existing folder: a typo in
+    a path must not fall through to another folder or a download."""
+    path = Path(value).expanduser()
+    note = " (the environment variable: correct it or unset it)" if what == "NPVAE_DATA" else ""
     if not path.exists():
-        raise ValueError(f"data_dir: no such folder: {path}")
+        raise DatasetError(f"{what}: no such folder: {path}{note}")
     if not path.is_dir():
-        raise ValueError(f"data_dir: expected a folder, got a file: {path}")
+        raise DatasetError(f"{what}: expected a folder, got a file: {path}{note}")
+    return path
+
+
+def _find(name: str, data_dir=None) -> tuple[Path, str] | None:
+    """(the folder to read the four files from, where it comes from), or None: download.
+
+    A given ``data_dir`` is the only place looked at (it or ``data_dir/<name>``): a
+    ``DatasetError`` if it is not an existing folder or has not all four files. Else
+    ``$NPVAE_DATA``, if set, must be an existing folder; the first complete folder of
+    ``search_dirs`` is used."""
+    if data_dir is not None:
+        root = _check_folder("data_dir", data_dir)
+        for folder in (root, root / name):
+            if _complete(folder):
+                return folder, "data_dir"
+
+        def has(folder):
+            if not folder.is_dir():
+                return "does not exist"
+            missing = [f for _, f in FILES if _local_file(folder, f) is None]
+            return "has none of them" if len(missing) == len(FILES) else \
+                f"has {len(FILES) - len(missing)} of 4 (missing {', '.join(missing)})"
+
+        raise DatasetError(
+            f"data_dir: {root}: expected the four files of {name} ({', '.join(f for _, f in FILES)}; gzipped or "
+            f"not) in it or in {root / name}; {root} {has(root)}, {root / name} {has(root / name)}. Nothing else "
+            "is searched when data_dir (--data-dir) is given: put the files there, or leave it out to use "
+            "$NPVAE_DATA, the download cache or a download")
+    if os.environ.get("NPVAE_DATA"):
+        _check_folder("NPVAE_DATA", os.environ["NPVAE_DATA"])
+    return next(((folder, origin) for folder, origin in _candidates(name) if _complete(folder)), None)
 
 
 def find_files(name: str, data_dir=None) -> Path | None:
-    """The first folder of ``search_dirs`` that holds all four files, or None.
-
-    ``data_dir``, if given, must be an existing folder (else ``ValueError`` naming it)."""
-    _check_data_dir(data_dir)
-    for folder in search_dirs(name, data_dir):
-        if all(_local_file(folder, fname) is not None for _, fname in FILES):
-            return folder
-    return None
+    """The folder ``load`` reads the four files of ``name`` from, or None (``load`` then
+    downloads them): ``data_dir`` or ``data_dir/<name>`` when ``data_dir`` is given (else a
+    ``DatasetError``: see ``load``), otherwise the first folder of ``search_dirs`` that holds
+    all four."""
+    found = _find(name, data_dir)
+    return None if found is None else found[0]
 
 
 def _where_to_put(name: str, data_dir=None) -> str:
     """The part of the "not found" message that says where the files may go."""
     lines = [f"Put the four files of {name!r} ({', '.join(f for _, f in FILES)}; "
              "gzipped, or the same names without .gz) in one of these folders, searched in order:"]
-    for folder in search_dirs(name, data_dir):
+    for folder, _ in _candidates(name, data_dir):
         have = [f for _, f in FILES if _local_file(folder, f) is not None]
         note = f" (has {len(have)} of 4: {', '.join(have)})" if have else ""
         lines.append(f"  {folder}{note}")

@@ -10,6 +10,10 @@ A process killed outright (SIGKILL, power loss) cannot remove its temporary file
 ``remove_stale_parts(folder)`` deletes such leftovers (``.<name>.*.part``) once nothing is
 writing there any more (``npvae train`` calls it after taking its folder's lock).
 
+``open_regular(path, what)`` opens a file for reading only if it is a regular file: a FIFO,
+a socket or a device is refused without being opened for reading (opening a FIFO waits for a
+writer, for ever).
+
 ``interrupts_deferred()`` holds Ctrl-C back for the few lines that write a set of files that
 belong together (a checkpoint and its history), then delivers it.
 """
@@ -20,6 +24,7 @@ import contextlib
 import glob
 import os
 import signal
+import stat
 import tempfile
 import threading
 
@@ -63,6 +68,34 @@ def remove_stale_parts(folder) -> list[str]:
             os.remove(part)
             removed.append(part)
     return removed
+
+
+_SPECIAL = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+            (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def open_regular(path, what="file"):
+    """``open(path, "rb")`` for a regular file (or a link to one); for anything else a
+    ValueError "<path>: is a FIFO (named pipe), not a <what>", raised before the file is opened
+    for reading. ``FileNotFoundError`` (or another OSError) when it cannot be opened."""
+    path = os.fspath(path)
+
+    def check(mode):
+        kind = next((name for test, name in _SPECIAL if test(mode)), None if stat.S_ISREG(mode) else "special file")
+        if kind:
+            raise ValueError(f"{path}: is a {kind}, not a {what}")
+
+    check(os.stat(path).st_mode)
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # a FIFO put there since the stat: no wait either
+    fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
+    try:
+        check(os.fstat(fd).st_mode)
+        if nonblocking:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextlib.contextmanager

@@ -440,8 +440,8 @@ class VAE:
         active = get_backend()
         if active.name != self.backend.name:
             raise ValueError(f"model: built on the {self.backend.name!r} backend, but the active backend is now "
-                             f"{active.name!r} (set_backend was called after); save it with model.save(path) and "
-                             f"npvae.load(path) it on the new backend, or switch back")
+                             f"{active.name!r} (set_backend was called after); save it with npvae.save(model, path) "
+                             f"and npvae.load(path) it on the new backend, or switch back")
         return self.backend
 
     def check_x(self, x):
