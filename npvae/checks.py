@@ -39,6 +39,16 @@ def check_real(name, value, minimum=None, strictly_above=None) -> float:
     return float(value)
 
 
+def check_seed(name, value):
+    """A seed as a non-negative int, or None / a ``numpy.random.SeedSequence`` unchanged (both
+    are what ``numpy.random`` takes), or a ValueError naming ``name``."""
+    if value is None or isinstance(value, np.random.SeedSequence):
+        return value
+    if not is_integer(value) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer (or None for a random one), got {value!r}")
+    return int(value)
+
+
 def memory_bytes() -> int:
     """This machine's physical memory in bytes (0 if it cannot be told)."""
     try:

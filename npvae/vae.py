@@ -28,10 +28,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import distributions as dist
 from . import layers
-from .backend import DTYPES, array_namespace, get_backend
-from .checks import check_fits_in_memory, check_int
+from .backend import DTYPES, array_namespace, get_backend, to_numpy
+from .checks import check_fits_in_memory, check_int, check_real, check_seed, is_integer
 from .layers import MLP, Dense, FlatParameters
 from .random import MODEL_STREAMS, Generator, streams
 
@@ -156,6 +158,19 @@ class GaussianPosterior:
         return [self.xp.reshape(a, (a.shape[0], 1, *a.shape[1:])) for a in params]
 
 
+def _check_real_dtype(name, a, given):
+    """A ValueError naming ``name`` unless the array ``a`` (made from ``given``) holds real
+    numbers: floats, integers or bools, not complex, object, strings, datetimes."""
+    xp = array_namespace(a)
+    if xp is np or type(a).__module__.startswith("cupy"):  # NumPy dtypes
+        real = np.dtype(a.dtype).kind in "biuf"
+    else:  # the array API's dtypes
+        real = xp.isdtype(a.dtype, ("bool", "integral", "real floating"))
+    if not real:
+        source = "" if given is a else f" (from a {type(given).__name__})"
+        raise ValueError(f"{name}: expected real numbers (a float, integer or bool array), got dtype {a.dtype}{source}")
+
+
 def _device_of(a) -> dict:
     """``{"device": a.device}`` where the namespace takes that argument, else {} (CuPy)."""
     return {} if type(a).__module__.startswith("cupy") else {"device": a.device}
@@ -181,6 +196,17 @@ def parameter_count(input_dim, hidden_dims, latent_dim, posterior="diagonal") ->
     return encoder + decoder
 
 
+def _check_hidden_dims(hidden_dims) -> tuple:
+    """``hidden_dims`` as a tuple of ints: one positive integer, or a list, tuple, range or 1-D
+    array of them (() for a linear model); else a ValueError naming it."""
+    if is_integer(hidden_dims):
+        return (check_int("hidden_dims", hidden_dims),)
+    if not isinstance(hidden_dims, (list, tuple, range, np.ndarray)) or np.ndim(hidden_dims) != 1:
+        raise ValueError("hidden_dims: expected a sequence of positive integers, e.g. (400,) (or () for a "
+                         f"linear model), got {hidden_dims!r}")
+    return tuple(check_int(f"hidden_dims[{i}]", h) for i, h in enumerate(hidden_dims))
+
+
 class VAE:
     """A VAE with MLP encoder Q_theta(z|x) and MLP decoder P_phi(x|z).
 
@@ -202,24 +228,21 @@ class VAE:
                  activation="relu", dtype="float32", seed=0, posterior="diagonal"):
         check_int("input_dim", input_dim)
         check_int("latent_dim", latent_dim)
-        if isinstance(hidden_dims, int):
-            hidden_dims = (hidden_dims,)
-        hidden_dims = tuple(hidden_dims)
-        for i, h in enumerate(hidden_dims):
-            check_int(f"hidden_dims[{i}]", h)
+        hidden_dims = _check_hidden_dims(hidden_dims)
+        seed = check_seed("seed", seed)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
-        # params, grads and up to two optimizer buffers: refuse a size that cannot fit
-        # before allocating anything.
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
         if posterior == "full" and latent_dim < 2:
             raise ValueError("posterior: 'full' needs latent_dim >= 2 (with Z = 1 it is the diagonal one), "
                              f"got latent_dim {latent_dim}")
+        # params, grads and up to two optimizer buffers: refuse a size that cannot fit before
+        # allocating anything.
         count = parameter_count(input_dim, hidden_dims, latent_dim, posterior)
         itemsize = 4 if dtype == "float32" else 8
         check_fits_in_memory("hidden_dims" if hidden_dims else "input_dim",
@@ -381,6 +404,7 @@ class VAE:
         """The gradient of loss = mean_n[ -log P(x_n|z_n) ] + beta * mean_n[ KL_n ] with respect
         to every parameter, for the batch of ``fwd = forward(x, eps)``: the same steps in
         reverse, with the same eps. Writes it into ``model.grads`` (P,) and returns that."""
+        beta = check_real("beta", beta, minimum=0)
         h_cache, mu_cache, head_caches, decoder_caches = fwd.caches
         n = fwd.x.shape[0]
         # Each row enters the mean with weight 1/N, and the loss is -log P: d loss / d log P_n = -1/N.
@@ -414,22 +438,25 @@ class VAE:
             eps: (N, Z) noise for the reparameterization; None draws it from ``model.rng``.
                 Either way, the backward pass uses the very eps the forward pass used, and
                 it is returned as ``res.eps``.
-            beta: weight of the KL term (1 is the ELBO; beta-VAEs and KL warm-up change it).
+            beta: weight of the KL term, a finite number >= 0 (1 is the ELBO; beta-VAEs and KL
+                warm-up change it).
         Returns:
             ``LossAndGrads``: loss = reconstruction + beta * kl, grads (P,) = ``model.grads``.
         """
+        beta = check_real("beta", beta, minimum=0)  # before eps is drawn: a refusal changes nothing
         x = self._check_batch(x)
         if eps is None:
             eps = self.rng.standard_normal((int(x.shape[0]), self.latent_dim), dtype=self.dtype)
         fwd = self.forward(x, eps)
-        grads = self.backward(fwd, float(beta))
+        grads = self.backward(fwd, beta)
         reconstruction, kl = -self.xp.mean(fwd.log_p), self.xp.mean(fwd.kl)
-        return LossAndGrads(reconstruction + float(beta) * kl, reconstruction, kl, grads, fwd.z, fwd.eps)
+        return LossAndGrads(reconstruction + beta * kl, reconstruction, kl, grads, fwd.z, fwd.eps)
 
     def loss(self, x, eps, beta=1.0) -> float:
         """The loss alone (mean over the batch of -ELBO, beta-weighted): ``forward`` without
         ``backward``. eps (N, Z) is required: a finite difference needs the same noise on
         both sides (``npvae.gradcheck`` differentiates this)."""
+        beta = check_real("beta", beta, minimum=0)
         fwd = self.forward(self._check_batch(x), eps)
         return float(self.xp.mean(-fwd.log_p + beta * fwd.kl))
 
@@ -446,7 +473,9 @@ class VAE:
 
     def check_x(self, x):
         """x as an array of the model's backend and dtype, or a ValueError that says why not:
-        wrong ndim or width, NaN or inf, or (bernoulli) values outside [0, 1]."""
+        not real numbers (complex, object, strings, datetimes; a masked array), wrong ndim or
+        width, NaN or inf, or (bernoulli) values outside [0, 1]. Integers and bools are numbers:
+        a bool array is 0/1 (a binarized image)."""
         x = self._check_array("x", x, self.input_dim)
         xp = self.xp
         if not bool(xp.all(xp.isfinite(x))):
@@ -468,8 +497,19 @@ class VAE:
 
     def _check_array(self, name, a, width):
         be = self._check_backend()
+        if isinstance(a, np.ma.MaskedArray):
+            raise ValueError(f"{name}: expected a plain array, got a numpy.ma.MaskedArray (its masked entries "
+                             "have no values: fill them, .filled(value), or leave those rows out)")
         if not be.owns(a):
-            a = be.asarray(a)
+            try:
+                host = to_numpy(a) if hasattr(a, "__array_namespace__") else np.asarray(a)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name}: expected an (N, {width}) array of numbers, got a {type(a).__name__} "
+                                 f"that is not one ({exc})") from None
+            _check_real_dtype(name, host, a)
+            a = be.asarray(host)
+        else:
+            _check_real_dtype(name, a, a)
         if a.ndim != 2 or a.shape[1] != width:
             raise ValueError(f"{name}: expected shape (N, {width}), got {tuple(a.shape)}")
         return be.astype(a, self.dtype)
