@@ -57,11 +57,12 @@ def memory_bytes() -> int:
         return 0
 
 
-def check_fits_in_memory(name, value, nbytes):
+def check_fits_in_memory(name, value, nbytes, detail=""):
     """A ValueError naming ``name`` (and its ``value``) when ``nbytes`` exceeds this machine's
     memory: asked before allocating, so a typo like ``--hidden 10000000000`` gets one clear
-    line instead of a MemoryError (or the kernel's OOM killer) later."""
+    line instead of a MemoryError (or the kernel's OOM killer) later. ``detail`` follows the
+    size in the message (``npvae.vae.memory_estimate`` says what the bytes are)."""
     total = memory_bytes()
     if total and nbytes > total:
-        raise ValueError(f"{name}: {value!r} needs {nbytes / 2**30:.1f} GiB, more than this machine's "
+        raise ValueError(f"{name}: {value!r} needs {nbytes / 2**30:.1f} GiB{detail}, more than this machine's "
                          f"{total / 2**30:.1f} GiB of memory")

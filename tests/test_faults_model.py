@@ -143,3 +143,112 @@ def test_the_seeds_and_sizes_that_are_fine():
     assert model.config["seed"] == 3 and model.hidden_dims == (4,) and isinstance(model.input_dim, int)
     assert npvae.VAE(6, range(4, 6), 2, seed=None).config["seed"] is None
     assert npvae.VAE(6, np.array([5, 4]), 2).hidden_dims == (5, 4) and npvae.VAE(6, [], 2).hidden_dims == ()
+
+
+# -- item 14: the full posterior's memory ------------------------------------------------------
+def peak_bytes(use):
+    """The most bytes NumPy held at once while ``use()`` ran, beyond what it held before."""
+    tracemalloc.start()
+    try:
+        use()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("method", ["encode", "reconstruct", "posterior"])
+def test_encoding_many_rows_needs_memory_bounded_by_the_chunk(monkeypatch, method):
+    # Before: encode built L (N, Z, Z) for all N rows at once, about 2.5 N Z^2 numbers (8.3 GB for
+    # Z = 600 on the 2000 test images). Now beyond its result, memory is bounded by one chunk.
+    # (posterior's result holds L's N Z(Z-1)/2 entries below the diagonal: it grew no faster before.)
+    monkeypatch.setattr(vae_module, "CHUNK_FLOATS", 2**14)
+    d, z = 8, 40
+    model = npvae.VAE(d, (8,), z, posterior="full", seed=0)
+    assert model.chunk_rows == 2**14 // (z * (z - 1) // 2)  # 21 rows at once
+    result_floats = {"encode": 2 * z, "reconstruct": d, "posterior": 2 * z + z * (z - 1) // 2}[method]
+    g = np.random.default_rng(0)
+    small, big = (g.uniform(size=(n, d)).astype(np.float32) for n in (256, 2048))
+    run = getattr(model, method)
+    per_row = (peak_bytes(lambda: run(big)) - peak_bytes(lambda: run(small))) / (2048 - 256)
+    assert per_row < 1.5 * 4 * result_floats  # float32: the result's bytes a row, and a little more
+
+
+def test_chunked_encoding_gives_the_same_numbers(monkeypatch):
+    model = npvae.VAE(8, (8,), 6, posterior="full", dtype="float64", seed=0)
+    x = np.random.default_rng(0).uniform(size=(50, 8))
+    whole = [host(a) for a in (*model.encode(x), model.reconstruct(x), model.posterior(x).scale_tril)]
+    monkeypatch.setattr(vae_module, "CHUNK_FLOATS", 15 * 7)  # 7 rows at once
+    assert model.chunk_rows == 7
+    chunked = [host(a) for a in (*model.encode(x), model.reconstruct(x), model.posterior(x).scale_tril)]
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("sizes", [(64, (32,), 4, "diagonal"), (300, (200, 100), 8, "diagonal"),
+                                   (16, (16,), 48, "full")])
+def test_the_memory_estimate_covers_a_training_step(sizes):
+    rows = 128
+    model = npvae.VAE(*sizes[:3], posterior=sizes[3], seed=0)
+    g = np.random.default_rng(0)
+    x = g.uniform(size=(rows, sizes[0])).astype(np.float32)
+    eps = g.standard_normal((rows, sizes[2])).astype(np.float32)
+    measured = peak_bytes(lambda: model.backward(model.forward(x, eps)))
+    estimate = vae_module.memory_estimate(*sizes, rows=rows)
+    already = 2 * 4 * model.n_params  # params and grads exist before the step
+    assert measured <= estimate.total - already
+    assert estimate.activations < 3 * measured  # an estimate, not a wild guess
+
+
+def test_the_estimate_grows_with_the_argument_it_names():
+    full = vae_module.memory_estimate(784, [400], 600, "full", rows=128)
+    assert max(full.weights, key=full.weights.get) == "latent_dim"  # Z^2 in the head and in L
+    wide = vae_module.memory_estimate(784, [10**6], 20, rows=128)
+    assert max(wide.weights, key=wide.weights.get) == "hidden_dims"
+    batch = vae_module.memory_estimate(784, [400], 20, rows=60000)
+    assert max(batch.weights, key=batch.weights.get) == "rows"
+    assert vae_module.memory_estimate(784, [400], 20).activations == 0  # rows=0: the parameters alone
+
+
+def test_a_huge_full_latent_dim_is_blamed_in_the_api(monkeypatch):
+    # Before: "hidden_dims: [16] needs ..." for a model that is big because of its Z^2 head.
+    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 2**30)
+    with pytest.raises(ValueError) as info:
+        npvae.VAE(784, (16,), 100_000, posterior="full")
+    assert one_line(info).startswith("latent_dim: 100000 needs ") and \
+        one_line(info).endswith(" GiB with posterior full, more than this machine's 1.0 GiB of memory")
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """npvae train must refuse before training starts."""
+
+    def fit(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(npvae.train, "fit", fit)
+
+
+def test_npvae_train_counts_the_activations(monkeypatch, capsys, tmp_path, no_training):
+    # Before: only the parameters were counted (16 bytes each, about 6 MB here); the test set's
+    # evaluation, 1000 rows of L (200 x 200) at once, was not.
+    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 100 * 2**20)
+    out = tmp_path / "run"
+    argv = ["train", "--posterior", "full", "--latent-dim", "200", "--hidden", "16", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == ("npvae train: error: --latent-dim: 200 needs 0.5 GiB with --posterior full (parameters 0.0 GiB, "
+                   "activations of 1000 rows at once 0.5 GiB), more than this machine's 0.1 GiB of memory\n")
+    assert not out.exists()
+
+
+def test_npvae_train_blames_latent_dim_not_hidden(monkeypatch, capsys, tmp_path, no_training):
+    # Before: "--hidden: [16] needs 0.0 GiB": the full posterior's Z(Z-1)/2 head and its L are
+    # what --latent-dim 600 makes big.
+    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 40 * 2**20)
+    argv = ["train", "--posterior", "full", "--latent-dim", "600", "--hidden", "16", "--out", str(tmp_path / "r")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npvae train: error: --latent-dim: 600 needs ") and "--hidden" not in err
+    # and --hidden when it is the hidden layer
+    assert cli.main(["train", "--hidden", "3000000", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("npvae train: error: --hidden: [3000000] needs ")
