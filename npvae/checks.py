@@ -39,6 +39,16 @@ def check_real(name, value, minimum=None, strictly_above=None) -> float:
     return float(value)
 
 
+def check_seed(name, value):
+    """A seed as a non-negative int, or None / a ``numpy.random.SeedSequence`` unchanged (both
+    are what ``numpy.random`` takes), or a ValueError naming ``name``."""
+    if value is None or isinstance(value, np.random.SeedSequence):
+        return value
+    if not is_integer(value) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer (or None for a random one), got {value!r}")
+    return int(value)
+
+
 def memory_bytes() -> int:
     """This machine's physical memory in bytes (0 if it cannot be told)."""
     try:
@@ -47,11 +57,12 @@ def memory_bytes() -> int:
         return 0
 
 
-def check_fits_in_memory(name, value, nbytes):
+def check_fits_in_memory(name, value, nbytes, detail=""):
     """A ValueError naming ``name`` (and its ``value``) when ``nbytes`` exceeds this machine's
     memory: asked before allocating, so a typo like ``--hidden 10000000000`` gets one clear
-    line instead of a MemoryError (or the kernel's OOM killer) later."""
+    line instead of a MemoryError (or the kernel's OOM killer) later. ``detail`` follows the
+    size in the message (``npvae.vae.memory_estimate`` says what the bytes are)."""
     total = memory_bytes()
     if total and nbytes > total:
-        raise ValueError(f"{name}: {value!r} needs {nbytes / 2**30:.1f} GiB, more than this machine's "
+        raise ValueError(f"{name}: {value!r} needs {nbytes / 2**30:.1f} GiB{detail}, more than this machine's "
                          f"{total / 2**30:.1f} GiB of memory")

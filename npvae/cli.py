@@ -330,9 +330,8 @@ class _RunFolder:
 def cmd_train(args) -> int:
     from . import datasets, plots
     from .checkpoint import load, save
-    from .checks import check_fits_in_memory
     from .train import TrainingError, fit
-    from .vae import VAE, parameter_count
+    from .vae import VAE
 
     # Everything is checked before anything is written.
     model = None
@@ -343,12 +342,9 @@ def cmd_train(args) -> int:
     settings = _resolve_train_settings(args, model)
     out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else _timestamped_folder("runs"))
     _check_out(out, args)
-    if model is None:
-        width = 28 * 28
-        check_fits_in_memory("--hidden", settings["hidden"],
-                             16 * parameter_count(width, settings["hidden"], settings["latent_dim"], settings["posterior"]))
     (x_train, y_train), (x_test, y_test) = datasets.load(settings["dataset"], data_dir=args.data_dir)
     if model is None:
+        _check_train_memory(settings, x_train, x_test)
         model = VAE(x_train.shape[1], tuple(settings["hidden"]), settings["latent_dim"],
                     likelihood=settings["likelihood"], activation=settings["activation"], seed=settings["seed"],
                     posterior=settings["posterior"])
@@ -418,6 +414,21 @@ def cmd_train(args) -> int:
     for name in ["checkpoint.npz", "history.csv", "run.json", *figures]:
         print(f"  {os.path.join(out, name)}")
     return 0
+
+
+def _check_train_memory(settings, x_train, x_test):
+    """Refuse, naming the flag that drives the size, a model whose parameters and activations
+    do not fit in this machine's memory: a training step on a batch, or the test set's
+    evaluation after each epoch (metrics.evaluate's forward pass, 1000 rows at once)."""
+    from .vae import memory_estimate
+
+    sizes = (x_train.shape[1], settings["hidden"], settings["latent_dim"], settings["posterior"])
+    step = memory_estimate(*sizes, rows=min(settings["batch_size"], x_train.shape[0]))
+    test = memory_estimate(*sizes, rows=min(1000, x_test.shape[0]), work="evaluate")
+    names = {"hidden_dims": ("--hidden", settings["hidden"]), "latent_dim": ("--latent-dim", settings["latent_dim"])}
+    if step.total >= test.total:
+        names["rows"] = ("--batch-size", settings["batch_size"])
+    max(step, test, key=lambda estimate: estimate.total).check(names, posterior_name="--posterior")
 
 
 def _what_is_saved(saved) -> str:

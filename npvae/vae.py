@@ -28,16 +28,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import distributions as dist
 from . import layers
-from .backend import DTYPES, array_namespace, get_backend
-from .checks import check_fits_in_memory, check_int
+from .backend import DTYPES, array_namespace, get_backend, to_numpy
+from .checks import check_fits_in_memory, check_int, check_real, check_seed, is_integer
 from .layers import MLP, Dense, FlatParameters
 from .random import MODEL_STREAMS, Generator, streams
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("diagonal", "full")
 ACTIVATIONS = tuple(layers.ACTIVATIONS)  # "relu", "tanh", "sigmoid": one registry, in layers
+# encode, posterior and reconstruct take the rows of x a chunk at a time, so that a chunk's
+# widest activation (Z x Z per row for the full posterior's L) holds about this many numbers:
+# their memory is bounded whatever N (16 MB a copy in float32).
+CHUNK_FLOATS = 2**22
 
 
 @dataclass
@@ -101,7 +107,7 @@ class GaussianPosterior:
     """Q_theta(z|x) = N(mean, Sigma), Sigma = L L^T, for each of N rows, with the names of
     ``torch.distributions.MultivariateNormal``: ``mean`` (N, Z), ``scale_tril`` L (N, Z, Z),
     ``covariance`` (N, Z, Z), ``kl()`` = KL(Q || N(0, I)) (N,) in nats, ``log_prob(z)`` (N,),
-    ``rsample(eps)`` = mean + L eps.
+    ``rsample(eps)`` = mean + L eps, ``variance`` = the diagonal of Sigma (N, Z).
 
     Diagonal (``logvar`` given): L = diag(exp(logvar / 2)), and every method runs the
     diagonal functions of ``distributions``. Full (``log_diag`` and ``lower`` given):
@@ -124,6 +130,16 @@ class GaussianPosterior:
     def covariance(self):
         L = self.scale_tril
         return L @ L.mT  # Sigma = L L^T, (N, Z, Z)
+
+    @property
+    def variance(self):
+        """The diagonal of Sigma, each z_j's marginal variance, (N, Z), without building L:
+        Sigma_jj = sum_k L_jk^2 = exp(2 s_j) + the squares of row j's entries in ``lower``."""
+        if self.lower is None:
+            return self.xp.exp(self.logvar)
+        z = self.log_diag.shape[-1]
+        below = [self.xp.sum(self.lower[..., j * (j - 1) // 2 : j * (j + 1) // 2] ** 2, axis=-1) for j in range(z)]
+        return self.xp.exp(2.0 * self.log_diag) + self.xp.stack(below, axis=-1)
 
     def kl(self):
         if self.lower is None:
@@ -156,29 +172,131 @@ class GaussianPosterior:
         return [self.xp.reshape(a, (a.shape[0], 1, *a.shape[1:])) for a in params]
 
 
+def _check_real_dtype(name, a, given):
+    """A ValueError naming ``name`` unless the array ``a`` (made from ``given``) holds real
+    numbers: floats, integers or bools, not complex, object, strings, datetimes."""
+    xp = array_namespace(a)
+    if xp is np or type(a).__module__.startswith("cupy"):  # NumPy dtypes
+        real = np.dtype(a.dtype).kind in "biuf"
+    else:  # the array API's dtypes
+        real = xp.isdtype(a.dtype, ("bool", "integral", "real floating"))
+    if not real:
+        source = "" if given is a else f" (from a {type(given).__name__})"
+        raise ValueError(f"{name}: expected real numbers (a float, integer or bool array), got dtype {a.dtype}{source}")
+
+
 def _device_of(a) -> dict:
     """``{"device": a.device}`` where the namespace takes that argument, else {} (CuPy)."""
     return {} if type(a).__module__.startswith("cupy") else {"device": a.device}
 
 
-def parameter_count(input_dim, hidden_dims, latent_dim, posterior="diagonal") -> int:
-    """How many parameters ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` has,
-    computed from the sizes alone (nothing is allocated): every Dense layer n_in -> n_out has
-    n_in * n_out + n_out.
+def _dense_layers(input_dim, hidden_dims, latent_dim, posterior):
+    """Every Dense layer of ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` as
+    ((n_in, args), (n_out, args)): each size with the arguments it is made of (the full
+    posterior's Z(Z-1)/2 is made of latent_dim twice).
 
     encoder D -> H1 -> ... -> Hk, heads Hk -> Z (mu) and Hk -> Z (logvar; for "full": log of
     L's diagonal) and, for "full", Hk -> Z(Z-1)/2 (L's strictly-lower entries); decoder
     Z -> Hk -> ... -> H1 -> D.
     """
-    dims = [int(input_dim), *(int(h) for h in hidden_dims)]
-    z = int(latent_dim)
-    dense = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731
-    encoder = sum(dense(a, b) for a, b in zip(dims[:-1], dims[1:])) + 2 * dense(dims[-1], z)
+    d, z = (int(input_dim), ("input_dim",)), (int(latent_dim), ("latent_dim",))
+    encoder = [d, *((int(h), ("hidden_dims",)) for h in hidden_dims)]
+    found = list(zip(encoder[:-1], encoder[1:])) + [(encoder[-1], z), (encoder[-1], z)]
     if posterior == "full":
-        encoder += dense(dims[-1], z * (z - 1) // 2)
-    back = [z, *reversed(dims)]
-    decoder = sum(dense(a, b) for a, b in zip(back[:-1], back[1:]))
-    return encoder + decoder
+        found.append((encoder[-1], (z[0] * (z[0] - 1) // 2, ("latent_dim", "latent_dim"))))
+    decoder = [z, *reversed(encoder)]
+    return found + list(zip(decoder[:-1], decoder[1:]))
+
+
+def parameter_count(input_dim, hidden_dims, latent_dim, posterior="diagonal") -> int:
+    """How many parameters ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` has,
+    computed from the sizes alone (nothing is allocated): every Dense layer n_in -> n_out has
+    n_in * n_out + n_out."""
+    return sum(a * b + b for (a, _), (b, _) in _dense_layers(input_dim, hidden_dims, latent_dim, posterior))
+
+
+# Numbers held per row at the peak, per unit of each size: measured with tracemalloc
+# (float32 and float64, fast paths on and off) and rounded up. "train": forward and backward
+# (a step of fit); "evaluate": the forward pass alone (metrics.evaluate); "sample": prior
+# draws decoded to E[x|z]. Per row: D, each hidden width (encoder and decoder), Z, and Z^2
+# for the full posterior (L, dL, the outer product dz eps^T, scale_tril's stacking).
+ACTIVATION_FLOATS = {"train": {"input_dim": 6, "hidden_dims": 5, "latent_dim": 10, "latent_dim^2": 5},
+                     "evaluate": {"input_dim": 6, "hidden_dims": 4, "latent_dim": 6, "latent_dim^2": 3},
+                     "sample": {"input_dim": 6, "hidden_dims": 3, "latent_dim": 3, "latent_dim^2": 0}}
+
+
+@dataclass
+class MemoryEstimate:
+    """What ``memory_estimate`` returns. ``parameters``: bytes of the parameters, their
+    gradient and two optimizer buffers (and, training, one layer's gradient temporary);
+    ``activations``: bytes of ``rows`` rows' activations at once; ``weights``: for each
+    argument ("input_dim", "hidden_dims", "latent_dim", "rows"), the bytes of the terms it is
+    a factor of, counted once per factor: the estimate grows fastest with the heaviest
+    (``latent_dim`` for the full posterior's Z^2 terms, ``hidden_dims`` for a huge layer)."""
+
+    parameters: int
+    activations: int
+    rows: int
+    posterior: str
+    weights: dict
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.activations
+
+    def check(self, names, posterior_name="posterior"):
+        """A ValueError when ``total`` is more than this machine's memory, naming the argument
+        the estimate grows fastest with among ``names``: {argument: (name shown, value shown)},
+        e.g. {"latent_dim": ("--latent-dim", 600), "hidden_dims": ("--hidden", [400])}."""
+        driver = max(names, key=lambda arg: self.weights.get(arg, 0))
+        name, value = names[driver]
+        detail = f" with {posterior_name} full" if driver == "latent_dim" and self.posterior == "full" else ""
+        if self.activations:
+            detail += (f" (parameters {self.parameters / 2**30:.1f} GiB, activations of {self.rows} rows at once "
+                       f"{self.activations / 2**30:.1f} GiB)")
+        check_fits_in_memory(name, value, self.total, detail)
+
+
+def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dtype="float32", rows=0,
+                    work="train") -> MemoryEstimate:
+    """The bytes a ``VAE(input_dim, hidden_dims, latent_dim, posterior=..., dtype=...)``
+    needs, from the sizes alone (nothing is allocated): its parameters, their gradient and two
+    optimizer buffers, plus the activations of ``rows`` rows at once for ``work``: "train"
+    (a step of fit on a batch of ``rows``), "evaluate" (the forward pass of ``rows`` rows) or
+    "sample" (``rows`` draws decoded). rows=0 counts the parameters alone. The one estimate
+    for every memory check: ``VAE()``, ``npvae train``, ``npvae sample``."""
+    item = 4 if dtype == "float32" else 8
+    terms = []  # (bytes, the arguments it is made of, once per factor)
+    layers_ = _dense_layers(input_dim, hidden_dims, latent_dim, posterior)
+    for (a, a_args), (b, b_args) in layers_:
+        terms.append((4 * item * (a * b + b), a_args + b_args))  # weights and bias: 4 copies
+    if work == "train" and rows:  # the largest layer's weight gradient, before it is added in
+        (a, a_args), (b, b_args) = max(layers_, key=lambda layer: layer[0][0] * layer[1][0])
+        terms.append((item * a * b, a_args + b_args))
+    parameters = sum(t for t, _ in terms)
+    per = ACTIVATION_FLOATS[work]
+    z = int(latent_dim)
+    width = [(per["input_dim"] * int(input_dim), ("input_dim",)), (per["latent_dim"] * z, ("latent_dim",))]
+    width += [(per["hidden_dims"] * int(h), ("hidden_dims",)) for h in hidden_dims]
+    if posterior == "full":
+        width.append((per["latent_dim^2"] * z * z, ("latent_dim", "latent_dim")))
+    terms += [(item * int(rows) * floats, ("rows", *args)) for floats, args in width]
+    weights = {}
+    for nbytes, args in terms:
+        for arg in args:
+            weights[arg] = weights.get(arg, 0) + nbytes
+    return MemoryEstimate(parameters, sum(t for t, _ in terms) - parameters, int(rows), posterior, weights)
+
+
+def _check_hidden_dims(hidden_dims) -> tuple:
+    """``hidden_dims`` as a tuple of ints: one positive integer, or a list, tuple, range or 1-D
+    array of them (() for a linear model); else a ValueError naming it."""
+    if is_integer(hidden_dims):
+        return (check_int("hidden_dims", hidden_dims),)
+    if not isinstance(hidden_dims, (list, tuple, range, np.ndarray)) or np.ndim(hidden_dims) != 1:
+        raise ValueError("hidden_dims: expected a sequence of positive integers, e.g. (400,) (or () for a "
+                         f"linear model), got {hidden_dims!r}")
+    return tuple(check_int(f"hidden_dims[{i}]", h) for i, h in enumerate(hidden_dims))
 
 
 class VAE:
@@ -202,28 +320,23 @@ class VAE:
                  activation="relu", dtype="float32", seed=0, posterior="diagonal"):
         check_int("input_dim", input_dim)
         check_int("latent_dim", latent_dim)
-        if isinstance(hidden_dims, int):
-            hidden_dims = (hidden_dims,)
-        hidden_dims = tuple(hidden_dims)
-        for i, h in enumerate(hidden_dims):
-            check_int(f"hidden_dims[{i}]", h)
+        hidden_dims = _check_hidden_dims(hidden_dims)
+        seed = check_seed("seed", seed)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
-        # params, grads and up to two optimizer buffers: refuse a size that cannot fit
-        # before allocating anything.
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
         if posterior == "full" and latent_dim < 2:
             raise ValueError("posterior: 'full' needs latent_dim >= 2 (with Z = 1 it is the diagonal one), "
                              f"got latent_dim {latent_dim}")
-        count = parameter_count(input_dim, hidden_dims, latent_dim, posterior)
-        itemsize = 4 if dtype == "float32" else 8
-        check_fits_in_memory("hidden_dims" if hidden_dims else "input_dim",
-                             list(hidden_dims) if hidden_dims else input_dim, 4 * itemsize * count)
+        # params, grads and up to two optimizer buffers: refuse a size that cannot fit before
+        # allocating anything (the activations depend on the batch: fit's caller checks them)
+        sizes = {"input_dim": int(input_dim), "hidden_dims": list(hidden_dims), "latent_dim": int(latent_dim)}
+        memory_estimate(*sizes.values(), posterior, dtype).check({k: (k, v) for k, v in sizes.items()})
 
         self.input_dim, self.latent_dim = int(input_dim), int(latent_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
@@ -287,25 +400,57 @@ class VAE:
         """Q_theta(z|x): x (N, D) -> mu (N, Z), logvar (N, Z).
 
         For ``posterior="full"``, logvar is the log of the diagonal of Sigma (each z_j's
-        marginal variance); ``posterior(x)`` gives the whole Gaussian.
+        marginal variance); ``posterior(x)`` gives the whole Gaussian. The rows go a chunk
+        at a time (``chunk_rows``), so memory beyond the result stays bounded.
         """
-        q = self.posterior(x)
-        if self.posterior_kind == "diagonal":
-            return q.mean, q.logvar
-        L = q.scale_tril
-        return q.mean, self.xp.log(self.xp.sum(L * L, axis=-1))  # Sigma_jj = sum_k L_jk^2
+
+        def mean_and_logvar(xb):
+            q = GaussianPosterior(*self._encoder_heads(xb))
+            return q.mean, q.logvar if q.lower is None else self.xp.log(q.variance)
+
+        return self._by_rows(mean_and_logvar, self.check_x(x))
 
     def posterior(self, x) -> GaussianPosterior:
         """Q_theta(z|x) for each row of x (N, D), as a ``GaussianPosterior`` (mean,
-        scale_tril, covariance, kl(), log_prob(z), rsample(eps))."""
-        x = self.check_x(x)
+        scale_tril, covariance, kl(), log_prob(z), rsample(eps)). Its parameters are computed
+        a chunk of rows at a time; ``scale_tril`` and ``covariance`` are (N, Z, Z) when asked for."""
+        return GaussianPosterior(*self._by_rows(self._encoder_heads, self.check_x(x)))
+
+    def _encoder_heads(self, x):
+        """The encoder's heads for x (N, D): (mu, logvar) or, full, (mu, None, log_diag, lower)."""
         h, _ = self.encoder.forward(x)  # (N, H[-1])
         mu, _ = self.mu_head.forward(h)  # (N, Z)
         scale, _ = self.logvar_head.forward(h)  # (N, Z): logvar, or s = log diag(L)
         if self.posterior_kind == "diagonal":
-            return GaussianPosterior(mu, logvar=scale)
+            return mu, scale
         lower, _ = self.lower_head.forward(h)  # (N, Z(Z-1)/2)
-        return GaussianPosterior(mu, log_diag=scale, lower=lower)
+        return mu, None, scale, lower
+
+    @property
+    def chunk_rows(self) -> int:
+        """How many rows ``encode``, ``posterior`` and ``reconstruct`` take at once: about
+        ``CHUNK_FLOATS`` numbers in the widest activation of a chunk (for the full posterior,
+        L's Z(Z-1)/2 entries below the diagonal, a row)."""
+        lower = self.lower_head.out_dim if self.lower_head else 0
+        widest = max(self.input_dim, *self.hidden_dims, self.latent_dim, lower)
+        return max(1, CHUNK_FLOATS // widest)
+
+    def _by_rows(self, fn, x):
+        """``fn(x)`` for x (N, D), a tuple of (N, ...) arrays (or Nones), computed ``chunk_rows``
+        rows at a time and put together in arrays allocated once."""
+        n, step = int(x.shape[0]), self.chunk_rows
+        if n <= step:
+            return fn(x)
+        out = None
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            parts = fn(x[a:b, ...])
+            if out is None:
+                out = [None if p is None else self.backend.zeros((n, *p.shape[1:]), self.dtype) for p in parts]
+            for whole, part in zip(out, parts):
+                if part is not None:
+                    whole[a:b, ...] = part
+        return tuple(out)
 
     def decode(self, z):
         """The decoder's output for z (N, Z): logits (bernoulli) or mean (gaussian), (N, D)."""
@@ -335,9 +480,8 @@ class VAE:
         return self.mean(self.decode(z))
 
     def reconstruct(self, x):
-        """E[x|z] at z = mu(x), the posterior mean: x (N, D) -> (N, D)."""
-        mu, _ = self.encode(x)
-        return self.mean(self.decode(mu))
+        """E[x|z] at z = mu(x), the posterior mean: x (N, D) -> (N, D), ``chunk_rows`` rows at a time."""
+        return self._by_rows(lambda xb: (self.mean(self.decode(self._encoder_heads(xb)[0])),), self.check_x(x))[0]
 
     # -- the forward pass, and right below it the backward pass ------------------------------
     def forward(self, x, eps) -> Forward:
@@ -381,6 +525,7 @@ class VAE:
         """The gradient of loss = mean_n[ -log P(x_n|z_n) ] + beta * mean_n[ KL_n ] with respect
         to every parameter, for the batch of ``fwd = forward(x, eps)``: the same steps in
         reverse, with the same eps. Writes it into ``model.grads`` (P,) and returns that."""
+        beta = check_real("beta", beta, minimum=0)
         h_cache, mu_cache, head_caches, decoder_caches = fwd.caches
         n = fwd.x.shape[0]
         # Each row enters the mean with weight 1/N, and the loss is -log P: d loss / d log P_n = -1/N.
@@ -414,22 +559,25 @@ class VAE:
             eps: (N, Z) noise for the reparameterization; None draws it from ``model.rng``.
                 Either way, the backward pass uses the very eps the forward pass used, and
                 it is returned as ``res.eps``.
-            beta: weight of the KL term (1 is the ELBO; beta-VAEs and KL warm-up change it).
+            beta: weight of the KL term, a finite number >= 0 (1 is the ELBO; beta-VAEs and KL
+                warm-up change it).
         Returns:
             ``LossAndGrads``: loss = reconstruction + beta * kl, grads (P,) = ``model.grads``.
         """
+        beta = check_real("beta", beta, minimum=0)  # before eps is drawn: a refusal changes nothing
         x = self._check_batch(x)
         if eps is None:
             eps = self.rng.standard_normal((int(x.shape[0]), self.latent_dim), dtype=self.dtype)
         fwd = self.forward(x, eps)
-        grads = self.backward(fwd, float(beta))
+        grads = self.backward(fwd, beta)
         reconstruction, kl = -self.xp.mean(fwd.log_p), self.xp.mean(fwd.kl)
-        return LossAndGrads(reconstruction + float(beta) * kl, reconstruction, kl, grads, fwd.z, fwd.eps)
+        return LossAndGrads(reconstruction + beta * kl, reconstruction, kl, grads, fwd.z, fwd.eps)
 
     def loss(self, x, eps, beta=1.0) -> float:
         """The loss alone (mean over the batch of -ELBO, beta-weighted): ``forward`` without
         ``backward``. eps (N, Z) is required: a finite difference needs the same noise on
         both sides (``npvae.gradcheck`` differentiates this)."""
+        beta = check_real("beta", beta, minimum=0)
         fwd = self.forward(self._check_batch(x), eps)
         return float(self.xp.mean(-fwd.log_p + beta * fwd.kl))
 
@@ -446,7 +594,9 @@ class VAE:
 
     def check_x(self, x):
         """x as an array of the model's backend and dtype, or a ValueError that says why not:
-        wrong ndim or width, NaN or inf, or (bernoulli) values outside [0, 1]."""
+        not real numbers (complex, object, strings, datetimes; a masked array), wrong ndim or
+        width, NaN or inf, or (bernoulli) values outside [0, 1]. Integers and bools are numbers:
+        a bool array is 0/1 (a binarized image)."""
         x = self._check_array("x", x, self.input_dim)
         xp = self.xp
         if not bool(xp.all(xp.isfinite(x))):
@@ -468,8 +618,19 @@ class VAE:
 
     def _check_array(self, name, a, width):
         be = self._check_backend()
+        if isinstance(a, np.ma.MaskedArray):
+            raise ValueError(f"{name}: expected a plain array, got a numpy.ma.MaskedArray (its masked entries "
+                             "have no values: fill them, .filled(value), or leave those rows out)")
         if not be.owns(a):
-            a = be.asarray(a)
+            try:
+                host = to_numpy(a) if hasattr(a, "__array_namespace__") else np.asarray(a)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name}: expected an (N, {width}) array of numbers, got a {type(a).__name__} "
+                                 f"that is not one ({exc})") from None
+            _check_real_dtype(name, host, a)
+            a = be.asarray(host)
+        else:
+            _check_real_dtype(name, a, a)
         if a.ndim != 2 or a.shape[1] != width:
             raise ValueError(f"{name}: expected shape (N, {width}), got {tuple(a.shape)}")
         return be.astype(a, self.dtype)
