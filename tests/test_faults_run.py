@@ -310,3 +310,14 @@ def test_done_lists_only_the_files_written(tmp_path, capsys):
     listed = [line.strip() for line in capsys.readouterr().out.split("done in")[1].splitlines()[1:]]
     assert sorted(listed) == sorted(str(p) for p in out.iterdir())
     assert json.loads((out / "run.json").read_text())["settings"]["latent_dim"] == 3
+
+
+def test_sigterm_is_held_back_while_a_run_saves_then_raised_as_terminated():
+    finished = []
+    with pytest.raises(npvae.io.Terminated):
+        with npvae.io.terminate_as_interrupt():
+            with npvae.io.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                finished.append("the save went on")
+    assert finished == ["the save went on"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
