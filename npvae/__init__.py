@@ -13,15 +13,30 @@ few hot textbook functions by faster ones with the same results, for NumPy and C
 """
 
 import os
+import sys
 
-from . import backend, datasets, distributions, gradcheck, layers, optim
-from .backend import asarray, get_backend, set_backend, to_numpy
-from .checkpoint import CheckpointError, load, save
-from .metrics import active_units, evaluate, log_marginal_likelihood
-from .random import Generator
-from .replaceable import textbook
-from .train import History, TrainingError, fit
-from .vae import VAE, LossAndGrads
+
+def _started_as_the_command() -> bool:
+    """True when this process is the ``npvae`` command (its console script, ``python -m npvae``)."""
+    script = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+    argv = getattr(sys, "orig_argv", [])
+    return script == "npvae" or any(a == "-m" and b == "npvae" for a, b in zip(argv, argv[1:]))
+
+
+try:
+    from . import backend, datasets, distributions, gradcheck, layers, optim
+    from .backend import asarray, get_backend, set_backend, to_numpy
+    from .checkpoint import CheckpointError, load, save
+    from .metrics import active_units, evaluate, log_marginal_likelihood
+    from .random import Generator
+    from .replaceable import textbook
+    from .train import History, TrainingError, fit
+    from .vae import VAE, LossAndGrads
+except KeyboardInterrupt:  # Ctrl-C while the npvae command starts: one line, not a traceback
+    if not _started_as_the_command():
+        raise
+    print("npvae: interrupted while starting", file=sys.stderr)
+    raise SystemExit(130) from None
 
 if os.environ.get("NPVAE_FAST", "1").strip() != "0":
     from . import fast  # noqa: F401  (registers the fast paths; see npvae.replaceable)

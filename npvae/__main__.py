@@ -2,6 +2,10 @@
 
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except KeyboardInterrupt:  # Ctrl-C while the modules are imported
+    print("npvae: interrupted while starting", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -29,7 +29,8 @@ everything needed to resume or evaluate the run (fit's settings, the data set's 
 ``blocks``         the layout of ``params``: [name, start, stop, shape] per block
 ``model_rng``      the state of the model's PCG64 generator (``model.rng``)
 ``epoch, step``    epochs completed and optimizer steps taken
-``history``        one row per epoch (``train.HISTORY_COLUMNS``), epochs 1 .. epoch
+``history``        one row per epoch (``train.HISTORY_COLUMNS``), epochs 1 .. epoch; older
+                   files' rows lack ``neg_elbo`` and ``lr`` (they still load)
 ``settings``       fit's settings: batch_size, optimizer, lr, beta, kl_warmup_epochs,
                    binarize, seed, and ``dataset`` (the data's name, or null for arrays
                    passed from Python)
@@ -84,11 +85,13 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------------------
-def save(model, path):
+def save(model, path, before_replace=None):
     """Write ``model`` (and ``model.train_state`` if it has one) to ``path`` atomically.
 
     Raises ``CheckpointError`` (and writes nothing, so a previous file stays as it was) when
     the checkpoint would not load: parameters or optimizer state not all finite, say.
+    ``before_replace()`` runs once the new file is written, just before it takes ``path``'s
+    name (see ``io.atomic_open``).
     """
     path = os.fspath(path)
     state = getattr(model, "train_state", None)
@@ -128,7 +131,7 @@ def save(model, path):
         _validate_values(arrays, checked)
     except _Invalid as bad:
         raise CheckpointError(f"{path}: not written: {bad}") from None
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", before_replace=before_replace) as f:
         np.savez(f, meta=np.array(text), **arrays)
 
 
@@ -416,7 +419,7 @@ def _validate_meta(meta) -> dict:
     """``meta`` checked against the schema (see the module docstring); returns it with
     version 1's settings completed (``dataset``: None). Raises ``_Invalid``."""
     from .optim import OPTIMIZERS
-    from .train import BINARIZE, HISTORY_COLUMNS
+    from .train import BINARIZE, HISTORY_ADDED, HISTORY_COLUMNS
     from .vae import ACTIVATIONS, LIKELIHOODS, POSTERIORS
 
     if not isinstance(meta, dict):
@@ -460,11 +463,12 @@ def _validate_meta(meta) -> dict:
         raise _Invalid(f"history: expected {epoch} rows (one per epoch), got {len(history)}")
     for i, row in enumerate(history):
         where = f"history[{i}]"
-        _keys(where, row, HISTORY_COLUMNS)
+        required = tuple(key for key in HISTORY_COLUMNS if key not in HISTORY_ADDED)
+        _keys(where, row, required, optional=HISTORY_ADDED)  # older files lack those
         if not (_is_int(row["epoch"]) and row["epoch"] == i + 1):
             _fail(f"{where}.epoch", i + 1, row["epoch"])
         for key in HISTORY_COLUMNS:
-            value = row[key]
+            value = row.get(key)
             if key != "epoch" and value is not None and not _is_float(value):
                 _fail(f"{where}.{key}", "a number or null", value)
 

@@ -8,8 +8,9 @@
     npvae info        which backend, device, dtype and versions are in use
 
 User errors (a bad argument, a missing file, an unusable backend) print one line and exit
-with status 2; a failed gradient check or a diverged training run exits with status 1;
-Ctrl-C during training exits with 130 after saying where the last checkpoint is.
+with status 2; a failed gradient check, a diverged training run or a file that training could
+not write (a full disk, say) exits with status 1. Ctrl-C exits with status 130 and SIGTERM with
+143, each after one line (during training: what is saved and the command that goes on).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -26,7 +28,7 @@ import warnings
 import numpy as np
 
 from . import train
-from .io import atomic_open, interrupts_deferred, remove_stale_parts
+from .io import Terminated, atomic_open, interrupts_deferred, remove_stale_parts, terminate_as_interrupt
 from .layers import ACTIVATIONS
 
 # fit's settings (its names) -> the command line's (their flags' names)
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="go on from a checkpoint (its settings, unless given here) up to --epochs")
     t.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (its files go when this run saves its first epoch)")
+                   help="replace the run (or the figures) already in --out: its files go only once this run's "
+                        "first checkpoint is written")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s_ = sub.add_parser("sample", help="decode draws from the prior into a PNG grid")
@@ -277,17 +280,34 @@ def _resolve_train_settings(args, model=None):
     return settings
 
 
+def _same_folder(a, b) -> bool:
+    """True when the folders ``a`` and ``b`` are one, however each is spelled (symlinks, ``..``)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _resuming_in_place(out, args) -> bool:
+    """True when --resume's checkpoint lies in the folder --out: the run goes on where it is."""
+    return bool(args.resume) and _same_folder(out, os.path.dirname(args.resume) or ".")
+
+
 def _check_out(out, args):
-    """Refuse an --out that holds another run, unless --overwrite (resuming into the run's own
-    folder is going on with that run)."""
+    """Refuse an --out that holds another run, or any file a run writes, unless --overwrite
+    (resuming into the run's own folder is going on with that run)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out: {out} exists and is not a folder")
-    if args.resume and os.path.abspath(out) == os.path.dirname(os.path.abspath(args.resume)):
+    if _resuming_in_place(out, args):
         return
-    found = [name for name in RUN_FILES[:3] if os.path.exists(os.path.join(out, name))]
+    found = [name for name in RUN_FILES if os.path.lexists(os.path.join(out, name))]
     if found and not args.overwrite:
-        raise ValueError(f"--out: {out} already holds a run ({', '.join(found)}); choose another folder, go on "
-                         f"with it (--resume {os.path.join(out, 'checkpoint.npz')}) or replace it (--overwrite)")
+        is_run = any(name in found for name in RUN_FILES[:3])
+        go_on = (f"go on with it (--resume {shlex.quote(os.path.join(out, 'checkpoint.npz'))}), "
+                 if "checkpoint.npz" in found else "")
+        raise ValueError(f"--out: {out} already holds {'a run' if is_run else 'files npvae train writes'} "
+                         f"({', '.join(found)}); choose another folder, {go_on}or replace "
+                         f"{'it' if is_run else 'them'} (--overwrite)")
 
 
 class _RunFolder:
@@ -340,40 +360,60 @@ def cmd_train(args) -> int:
         if model.train_state is None:
             raise ValueError(f"--resume: {args.resume} holds a model without a training state; nothing to resume")
     settings = _resolve_train_settings(args, model)
+    if model is not None and model.train_state.epoch >= settings["epochs"]:
+        done = model.train_state.epoch
+        raise ValueError(f"--epochs: nothing to train: {args.resume} already has {done} "
+                         f"epoch{'' if done == 1 else 's'}; give --epochs > {done}")
     out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else _timestamped_folder("runs"))
     _check_out(out, args)
     (x_train, y_train), (x_test, y_test) = datasets.load(settings["dataset"], data_dir=args.data_dir)
+    source = datasets.last_source()
     if model is None:
         _check_train_memory(settings, x_train, x_test)
         model = VAE(x_train.shape[1], tuple(settings["hidden"]), settings["latent_dim"],
                     likelihood=settings["likelihood"], activation=settings["activation"], seed=settings["seed"],
                     posterior=settings["posterior"])
     ckpt, csv = os.path.join(out, "checkpoint.npz"), os.path.join(out, "history.csv")
-    # where the last complete epoch is saved, and which epoch is being saved (None: none)
-    saved = {"path": args.resume, "epoch": model.train_state.epoch if args.resume else 0, "saving": None}
+    # where the last complete epoch is saved, which epoch is being saved (None: none), and
+    # whether --overwrite's old run is still in --out
+    saved = {"path": args.resume, "epoch": model.train_state.epoch if args.resume else 0, "saving": None,
+             "old_run": False, "out": out}
+    written = []  # the files this run wrote, for the listing at the end
+
+    def remove_old_run():
+        """--overwrite: the old run's files go once the new checkpoint is written (it then
+        takes checkpoint.npz's name); the checkpoint being resumed is never removed."""
+        for name in RUN_FILES[1:]:
+            path = os.path.join(out, name)
+            if args.resume and os.path.exists(path) and os.path.samefile(path, args.resume):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        saved["old_run"] = False
 
     def after_epoch(model, row):
         saved["saving"] = row["epoch"]
         with interrupts_deferred():  # the checkpoint, its history and run.json: all or none
-            if saved["path"] != ckpt and args.overwrite:  # the first save replaces the old run
-                for name in RUN_FILES:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(out, name))
-            save(model, ckpt)
-            saved.update(path=ckpt, epoch=row["epoch"])
+            save(model, ckpt, before_replace=remove_old_run if saved["old_run"] else None)
+            saved.update(path=ckpt, epoch=row["epoch"], old_run=False)
             model.train_state.history.to_csv(csv)
             with atomic_open(os.path.join(out, "run.json"), "w") as f:
                 json.dump({"settings": settings, "backend": model.backend.name, "model": model.config}, f, indent=2)
+            written[:] = ["checkpoint.npz", "history.csv", "run.json"]
         saved["saving"] = None
-        print(f"epoch {row['epoch']:>3}/{settings['epochs']}  -ELBO {row['loss']:8.2f} "
-              f"(reconstruction {row['reconstruction']:8.2f} + KL {row['kl']:6.2f})  "
+        # the objective minimized differs from -ELBO when the KL weight is not 1 (beta, warm-up)
+        objective = f"  objective (beta-weighted) {row['loss']:8.2f}" if row["beta"] != 1 else ""
+        print(f"epoch {row['epoch']:>3}/{settings['epochs']}  -ELBO {row['neg_elbo']:8.2f} "
+              f"(reconstruction {row['reconstruction']:8.2f} + KL {row['kl']:6.2f}){objective}  "
               f"test {row['test_loss']:8.2f}  {row['seconds']:5.1f} s", flush=True)
 
     folder = _RunFolder(out)
     try:
         _check_out(out, args)  # again, now that the folder is ours
+        saved["old_run"] = args.overwrite and not _resuming_in_place(out, args) and any(
+            os.path.lexists(os.path.join(out, name)) for name in RUN_FILES)
         print(f"{model}\ntraining on {settings['dataset']} ({x_train.shape[0]} train, {x_test.shape[0]} test), "
-              f"backend {model.backend.name}, writing to {out}")
+              f"backend {model.backend.name}, writing to {out}\ndata: {source}")
         started = time.perf_counter()
         # a resumed run goes on with its saved settings: only lr (and a format-1 file's dataset) are passed
         passed_on = ("lr", "dataset") if args.resume else tuple(FIT_TO_CLI)
@@ -384,7 +424,7 @@ def cmd_train(args) -> int:
         print(f"npvae train: training stopped: {exc}", file=sys.stderr)
         print(f"npvae train: {_what_is_saved(saved)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         state = model.train_state
         if saved["saving"] is not None:
             during = f"while saving epoch {saved['saving']}"
@@ -392,11 +432,13 @@ def cmd_train(args) -> int:
             during = f"after epoch {state.epoch}, before it was saved"
         else:
             during = f"during epoch {saved['epoch'] + 1}"
-        resume = ""
-        if saved["path"] and saved["epoch"] < settings["epochs"]:
-            resume = f" Go on with: npvae train --resume {saved['path']} --epochs {settings['epochs']}"
-        print(f"\nnpvae train: interrupted {during}; {_what_is_saved(saved)}.{resume}", file=sys.stderr)
-        return 130
+        print(f"{_interrupted('npvae train', exc)} {during}; {_what_is_saved(saved)}.{_go_on(saved, settings, args)}",
+              file=sys.stderr)
+        return _interrupted_status(exc)
+    except OSError as exc:  # a full disk, a file-size limit, a folder made read-only
+        print(f"npvae train: could not write {exc.filename or out}: {exc.strerror or exc}; {_what_is_saved(saved)}."
+              f"{_go_on(saved, settings, args)}", file=sys.stderr)
+        return 1
     finally:
         folder.release()
 
@@ -404,14 +446,19 @@ def cmd_train(args) -> int:
         figures = _train_figures(model, history, settings, x_test, y_test)
         for name, draw in figures.items():
             draw(os.path.join(out, name))
-    except KeyboardInterrupt:
-        print(f"\nnpvae train: interrupted while drawing the figures; training is complete and saved in {ckpt} "
-              f"(npvae sample and npvae evaluate work on it)", file=sys.stderr)
-        return 130
+            written.append(name)
+    except KeyboardInterrupt as exc:
+        print(f"{_interrupted('npvae train', exc)} while drawing the figures; training is complete and saved in "
+              f"{ckpt} (npvae sample and npvae evaluate work on it)", file=sys.stderr)
+        return _interrupted_status(exc)
+    except OSError as exc:
+        print(f"npvae train: could not write {exc.filename}: {exc.strerror or exc}; training is complete and saved "
+              f"in {ckpt} (npvae sample and npvae evaluate work on it)", file=sys.stderr)
+        return 1
     last = history[-1]
     print(f"done in {time.perf_counter() - started:.0f} s: test -ELBO {last['test_loss']:.2f} nats after "
-          f"{last['epoch']} epochs")
-    for name in ["checkpoint.npz", "history.csv", "run.json", *figures]:
+          f"{last['epoch']} epoch{'' if last['epoch'] == 1 else 's'}")
+    for name in written:
         print(f"  {os.path.join(out, name)}")
     return 0
 
@@ -431,11 +478,37 @@ def _check_train_memory(settings, x_train, x_test):
     max(step, test, key=lambda estimate: estimate.total).check(names, posterior_name="--posterior")
 
 
+def _interrupted(prog, exc) -> str:
+    """"<prog>: interrupted" for Ctrl-C (on a line of its own, after the terminal's ^C), or
+    "<prog>: terminated (SIGTERM)"."""
+    return f"{prog}: terminated (SIGTERM)" if isinstance(exc, Terminated) else f"\n{prog}: interrupted"
+
+
+def _interrupted_status(exc) -> int:
+    """The exit status after an interruption: 143 for SIGTERM (128 + 15), 130 for Ctrl-C (128 + 2)."""
+    return 143 if isinstance(exc, Terminated) else 130
+
+
 def _what_is_saved(saved) -> str:
+    kept = f"; the run that was in {saved['out']} is kept" if saved["old_run"] else ""
     if not saved["path"]:
-        return "no epoch was complete, nothing is saved"
+        return f"no epoch was complete, nothing is saved{kept}"
     epochs = "epoch 1 is" if saved["epoch"] == 1 else f"epochs 1-{saved['epoch']} are"
-    return f"{epochs} saved in {saved['path']}"
+    return f"{epochs} saved in {saved['path']}{kept}"
+
+
+def _go_on(saved, settings, args) -> str:
+    """" Go on with: <the command>", ready to paste, or "" when nothing is saved or left to do."""
+    if not saved["path"] or saved["epoch"] >= settings["epochs"]:
+        return ""
+    words = ["npvae", "train", "--resume", saved["path"], "--epochs", str(settings["epochs"])]
+    if not _same_folder(saved["out"], os.path.dirname(saved["path"]) or "."):
+        words += ["--out", saved["out"]] + (["--overwrite"] if saved["old_run"] else [])
+    if saved["path"] == args.resume and args.lr is not None:
+        words += ["--lr", repr(args.lr)]
+    if args.data_dir is not None:
+        words += ["--data-dir", args.data_dir]
+    return " Go on with: " + " ".join(shlex.quote(word) for word in words)
 
 
 def _train_figures(model, history, settings, x_test, y_test) -> dict:
@@ -507,12 +580,13 @@ def cmd_evaluate(args) -> int:
     if name is None:
         raise ValueError(f"--dataset: {args.checkpoint} does not say which data it was trained on; give --dataset")
     _, (x_test, _) = datasets.load(name, data_dir=args.data_dir)
+    source = datasets.last_source()
     if args.limit:
         x_test = x_test[: args.limit]
     binarize = settings.get("binarize", "none")
     x = binarize_test_set(model.check_x(x_test), binarize, settings.get("seed", 0))
     print(f"{model}\nevaluating on the {name} test set: {x_test.shape[0]} examples"
-          + (f" (binarized: {binarize})" if binarize != "none" else ""))
+          + (f" (binarized: {binarize})" if binarize != "none" else "") + f"\ndata: {source}")
     elbo = evaluate(model, x, seed=args.seed)
     print(f"-ELBO          {elbo['loss']:9.2f} nats  (reconstruction {elbo['reconstruction']:.2f} + KL {elbo['kl']:.2f})")
     ll = log_marginal_likelihood(model, x, k=args.k, seed=args.seed, progress=True)
@@ -539,8 +613,20 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, 
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; returns its exit status. Ctrl-C anywhere gives one line and 130, SIGTERM
+    one line and 143 (``npvae train`` says first what is saved)."""
+    prog = "npvae"
+    try:
+        with terminate_as_interrupt():
+            args = build_parser().parse_args(argv)
+            prog = f"npvae {args.command}"
+            return _run(args)
+    except KeyboardInterrupt as exc:
+        print(_interrupted(prog, exc), file=sys.stderr)
+        return _interrupted_status(exc)
+
+
+def _run(args) -> int:
     from .backend import BackendError
 
     def one_line(message, category, filename, lineno, file=None, line=None):

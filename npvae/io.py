@@ -14,8 +14,9 @@ writing there any more (``npvae train`` calls it after taking its folder's lock)
 a socket or a device is refused without being opened for reading (opening a FIFO waits for a
 writer, for ever).
 
-``interrupts_deferred()`` holds Ctrl-C back for the few lines that write a set of files that
-belong together (a checkpoint and its history), then delivers it.
+``interrupts_deferred()`` holds Ctrl-C (and SIGTERM) back for the few lines that write a set
+of files that belong together (a checkpoint and its history), then delivers it;
+``terminate_as_interrupt()`` makes SIGTERM raise ``Terminated``, a ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -30,22 +31,36 @@ import threading
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="wb"):
-    """``with atomic_open("run/checkpoint.npz") as f: ...``: all of the file or none of it."""
+def atomic_open(path, mode="wb", before_replace=None):
+    """``with atomic_open("run/checkpoint.npz") as f: ...``: all of the file or none of it.
+
+    ``before_replace()``, if given, is called once the new file is complete and synced, just
+    before it is renamed over ``path`` (``npvae train --overwrite`` removes the old run's other
+    files there). An ``OSError`` names ``path``, never the temporary file.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".part")
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".part")
         os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600 files
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        if isinstance(exc, OSError) and (exc.filename is None or exc.filename == tmp or exc.filename2 == tmp
+                                         or (tmp is None and exc.filename != folder)):
+            if exc.errno is None:
+                raise OSError(f"{path}: {exc}") from None
+            raise type(exc)(exc.errno, exc.strerror, path) from None
         raise
 
 
@@ -98,18 +113,48 @@ def open_regular(path, what="file"):
         raise
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt by ``terminate_as_interrupt`` so that it is handled
+    as Ctrl-C is (``npvae`` then exits with 143 instead of 130)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated("SIGTERM")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Inside the block, SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``). Outside the
+    main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Inside the block, Ctrl-C (SIGINT) is noted, not raised; on leaving it, a noted Ctrl-C
-    raises ``KeyboardInterrupt``. Outside the main thread it does nothing."""
+    """Inside the block, Ctrl-C (SIGINT) and SIGTERM are noted, not acted on; on leaving it,
+    each noted signal goes to the handler it had before (for Ctrl-C: ``KeyboardInterrupt``).
+    Outside the main thread it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     noted = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {kind: signal.signal(kind, lambda signum, frame: noted.append(signum)) for kind in kinds}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if noted:
-        raise KeyboardInterrupt
+        for kind in kinds:
+            signal.signal(kind, previous[kind])
+    for kind in dict.fromkeys(noted):  # each signal once, in the order they came
+        handler = previous[kind]
+        if callable(handler):
+            handler(kind, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(kind)

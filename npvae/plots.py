@@ -160,8 +160,8 @@ def plot_history(history, path=None, dpi=DPI) -> Figure:
     """Loss curves over training.
 
     Args:
-        history: a sequence of dicts, one per epoch, with keys ``epoch``, ``loss`` (train
-            -ELBO), ``reconstruction`` and ``kl`` (nats per example), and optionally
+        history: a sequence of dicts, one per epoch, with keys ``epoch``, ``loss`` (the
+            objective), ``reconstruction`` and ``kl`` (nats per example), and optionally
             ``test_loss`` (missing or None where the test set was not evaluated).
         path: where to write the PNG (None: do not write).
     Returns:
@@ -190,7 +190,9 @@ def plot_history(history, path=None, dpi=DPI) -> Figure:
         return ax.plot(epoch[ok], values[ok], label=label, **style, **kw)[0]
 
     # (a) the loss itself.
-    line(ax_a, _column(history, "loss"), "train -ELBO", color="C0")
+    # train -ELBO = reconstruction + KL, as the test -ELBO (the "loss" column is the objective,
+    # which weighs the KL by beta)
+    line(ax_a, _column(history, "reconstruction") + _column(history, "kl"), "train -ELBO", color="C0")
     test = _column(history, "test_loss")
     if np.isfinite(test).any():
         line(ax_a, test, "test -ELBO", marker="s", color="C3", linestyle="--", markerfacecolor="none")

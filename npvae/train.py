@@ -36,7 +36,8 @@ from .io import atomic_open
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
 
 BINARIZE = ("none", "static", "dynamic")
-HISTORY_COLUMNS = ("epoch", "loss", "reconstruction", "kl", "beta", "test_loss", "seconds")
+HISTORY_COLUMNS = ("epoch", "loss", "reconstruction", "kl", "beta", "test_loss", "seconds", "neg_elbo", "lr")
+HISTORY_ADDED = ("neg_elbo", "lr")  # columns that older versions did not write (last, so old readers go on)
 
 
 class TrainingError(FloatingPointError):
@@ -49,7 +50,18 @@ class TrainingError(FloatingPointError):
 
 
 class History(list):
-    """One dict per epoch, keys ``HISTORY_COLUMNS`` (``test_loss`` is None without x_test).
+    """One dict per epoch, keys ``HISTORY_COLUMNS``, means over the epoch's steps in nats per
+    example:
+
+    - ``loss``: the objective minimized, reconstruction + beta_t * KL (beta_t the KL weight
+      of each step: beta, or less during warm-up); the -ELBO when that weight is 1.
+    - ``neg_elbo``: the -ELBO itself, reconstruction + KL, whatever beta.
+    - ``reconstruction``, ``kl``: its two terms; ``beta``: the mean KL weight.
+    - ``lr``: the optimizer's step size in this epoch.
+    - ``test_loss``: the -ELBO on x_test after the epoch (None without x_test).
+    - ``seconds``: the epoch's wall-clock time.
+
+    Histories saved by older versions lack ``neg_elbo`` and ``lr`` (missing or None).
 
     ``history.column("loss")`` gives one column as a list; ``history.to_csv(path)`` writes it.
     """
@@ -118,7 +130,8 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
         binarize: ``"none"`` (default), ``"static"`` or ``"dynamic"`` (see the module docstring).
         seed: seeds the data order, the binarization and eps (default 0).
         progress: a tqdm bar per epoch when stderr is a terminal.
-        callbacks: functions ``cb(model, row)`` called after each epoch with its history row.
+        callbacks: a list (or tuple) of functions ``cb(model, row)``, called after each epoch
+            with its history row.
         resume: go on from ``model.train_state`` (set by an earlier ``fit`` or by
             ``npvae.load``): its optimizer state, random streams, epoch count, history and
             settings. Settings left out (None) are the saved ones; ``lr`` may be changed
@@ -140,6 +153,8 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
     given = {"batch_size": batch_size, "optimizer": optimizer, "lr": lr, "beta": beta,
              "kl_warmup_epochs": kl_warmup_epochs, "binarize": binarize, "seed": seed, "dataset": dataset}
     check_int("epochs", epochs)
+    if not isinstance(callbacks, (list, tuple)) or not all(callable(cb) for cb in callbacks):
+        raise ValueError(f"callbacks: expected a list of functions cb(model, row), got {callbacks!r}")
     settings = _resolve_settings(model, given, resume)
     x_train = _check_rows("x_train", model, x_train)
     x_test = None if x_test is None else _check_rows("x_test", model, x_test)
@@ -178,7 +193,7 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
         start = time.perf_counter()
         order = state.data_rng.permutation(n)
         # per step: B * reconstruction, B * KL, B * beta_t; summed exactly (math.fsum) at the end
-        terms = {"reconstruction": [], "kl": [], "beta": [], "loss": []}
+        terms = {"reconstruction": [], "kl": [], "beta": [], "loss": [], "neg_elbo": []}
         bar = _progress_bar(progress, steps_per_epoch, f"epoch {epoch}/{epochs}")
         for step in range(steps_per_epoch):
             idx = order[step * batch_size : min((step + 1) * batch_size, n)]
@@ -200,16 +215,19 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
             state.optimizer.step(grads)
             state.step += 1
             b = int(xb.shape[0])
-            for key, value in (("reconstruction", rec), ("kl", kl), ("beta", beta_t), ("loss", rec + beta_t * kl)):
+            for key, value in (("reconstruction", rec), ("kl", kl), ("beta", beta_t), ("loss", rec + beta_t * kl),
+                               ("neg_elbo", rec + kl)):
                 terms[key].append(b * value)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{math.fsum(terms['loss']) / (step * batch_size + b):.2f}", refresh=False)
+                bar.set_postfix({"-ELBO": f"{math.fsum(terms['neg_elbo']) / (step * batch_size + b):.2f}"},
+                                refresh=False)
         _close(bar)
         # The last step's update has not been looked at yet (with one step an epoch, none has).
         if not bool(model.xp.all(model.xp.isfinite(model.params))):
             raise last_good.restore(f"epoch {epoch}: the parameters went non-finite in the epoch's last step")
-        row = {"epoch": epoch, **{key: math.fsum(values) / n for key, values in terms.items()}, "test_loss": None}
+        row = {"epoch": epoch, **{key: math.fsum(values) / n for key, values in terms.items()},
+               "lr": float(state.optimizer.lr), "test_loss": None}
         if x_test is not None:
             from .metrics import evaluate
 

@@ -301,7 +301,7 @@ META_CASES = [
     ("history-too-short", shorten_history, r"history: expected 2 rows \(one per epoch\), got 1$"),
     ("history-row-list", put("history.0", [1, 2.5]), r"history\[0\]: expected a JSON object, got \[1, 2\.5\]$"),
     ("history-missing-column", drop("history.0.kl"), r"history\[0\]: missing key 'kl'$"),
-    ("history-unknown-column", put("history.1.lr", 0.1), r"history\[1\]: unexpected key 'lr'$"),
+    ("history-unknown-column", put("history.1.momentum", 0.1), r"history\[1\]: unexpected key 'momentum'$"),
     ("history-out-of-order", swap_history_rows, r"history\[0\]\.epoch: expected 1, got 2$"),
     ("history-string-value", put("history.0.loss", "12.5"),
      r"history\[0\]\.loss: expected a number or null, got '12\.5'$"),

@@ -61,7 +61,8 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite(run2, tmp_path, caps
     before = (out / "checkpoint.npz").read_bytes()
     assert cli.main(["train", "--epochs", "1", "--out", str(out), *SMALL]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"npvae train: error: --out: {out} already holds a run (checkpoint.npz, history.csv, run.json)")
+    assert err.startswith(f"npvae train: error: --out: {out} already holds a run (checkpoint.npz, history.csv, run.json, "
+                          "manifold.png)")  # every file a run writes is named (Step 9)
     assert "\n" not in err and (out / "checkpoint.npz").read_bytes() == before
     # --overwrite replaces the whole run: no stale manifold.png from the Z = 2 run survives a Z = 3 one.
     small3 = [a if a != "2" else "3" for a in SMALL]

@@ -320,3 +320,16 @@ def test_the_backend_switch_message_gives_the_real_save_call(tmp_path, use_backe
             if name.endswith(".py"):
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     assert "model.save(" not in f.read(), os.path.join(folder, name)
+
+
+def test_npvae_train_and_evaluate_print_where_the_data_came_from(tmp_path, capsys):
+    # Item 5: the run says which file or folder its data was read from (before: only its name).
+    from npvae import cli
+
+    out = tmp_path / "r"
+    assert cli.main(["train", "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--batch-size", "512",
+                     "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "data: the MNIST subset shipped with npvae (" in printed and "mnist10k.npz" in printed
+    assert cli.main(["evaluate", "--checkpoint", str(out / "checkpoint.npz"), "--k", "2", "--limit", "20"]) == 0
+    assert "data: the MNIST subset shipped with npvae (" in capsys.readouterr().out

@@ -178,7 +178,7 @@ def test_history_csv_round_trip(data, tmp_path):
     history = npvae.fit(small_model(), data[0], data[1], epochs=2, progress=False)
     history.to_csv(tmp_path / "history.csv")
     text = (tmp_path / "history.csv").read_text().splitlines()
-    assert text[0] == "epoch,loss,reconstruction,kl,beta,test_loss,seconds"
+    assert text[0] == "epoch,loss,reconstruction,kl,beta,test_loss,seconds,neg_elbo,lr"  # Step 9 added the last two
     back = npvae.History.from_csv(tmp_path / "history.csv")
     assert back == history
     assert list(tmp_path.iterdir()) == [tmp_path / "history.csv"]  # no temporary files left
