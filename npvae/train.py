@@ -291,6 +291,10 @@ def _resolve_settings(model, given, resume) -> dict:
         state = getattr(model, "train_state", None)
         if state is None or state.optimizer is None:
             raise ValueError("resume: expected a model trained by fit() or loaded from a checkpoint, got a fresh model")
+        missing = [name for name in ("data_rng", "noise_rng") if getattr(state, name) is None]
+        if missing:
+            raise ValueError(f"resume: model.train_state.{missing[0]} is None; a run resumes from its random "
+                             "streams (fit() and npvae.load set them)")
         if isinstance(optimizer, Optimizer) and optimizer is not state.optimizer:
             raise ValueError("optimizer: resuming goes on with the saved optimizer state; pass its name "
                              f"({state.optimizer.name!r}) or nothing, got a new {type(optimizer).__name__} object")

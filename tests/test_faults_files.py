@@ -333,3 +333,18 @@ def test_npvae_train_and_evaluate_print_where_the_data_came_from(tmp_path, capsy
     assert "data: the MNIST subset shipped with npvae (" in printed and "mnist10k.npz" in printed
     assert cli.main(["evaluate", "--checkpoint", str(out / "checkpoint.npz"), "--k", "2", "--limit", "20"]) == 0
     assert "data: the MNIST subset shipped with npvae (" in capsys.readouterr().out
+
+
+def test_fit_refuses_to_resume_a_hand_made_state_without_its_random_streams(tmp_path):
+    # Item 8, from Python: a TrainState whose streams are None (before: AttributeError in fit).
+    import npvae
+    from conftest import toy_images
+
+    x, _ = toy_images(n=40, d=6)
+    model = npvae.VAE(6, (4,), 2, seed=0)
+    npvae.fit(model, x, epochs=1, progress=False)
+    model.train_state.noise_rng = None
+    params = npvae.to_numpy(model.params).copy()
+    with pytest.raises(ValueError, match=r"^resume: model.train_state.noise_rng is None"):
+        npvae.fit(model, x, epochs=2, resume=True, progress=False)
+    assert np.array_equal(npvae.to_numpy(model.params), params)
