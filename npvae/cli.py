@@ -498,12 +498,22 @@ def cmd_evaluate(args) -> int:
     x = binarize_test_set(model.check_x(x_test), binarize, settings.get("seed", 0))
     print(f"{model}\nevaluating on the {name} test set: {x_test.shape[0]} examples"
           + (f" (binarized: {binarize})" if binarize != "none" else ""))
-    elbo = evaluate(model, x, seed=args.seed)
-    print(f"-ELBO          {elbo['loss']:9.2f} nats  (reconstruction {elbo['reconstruction']:.2f} + KL {elbo['kl']:.2f})")
-    ll = log_marginal_likelihood(model, x, k=args.k, seed=args.seed, progress=True)
-    print(f"log p(x)       {ll:9.2f} nats  (importance sampling, k={args.k}, at most {MAX_ROWS} rows at once)")
-    print(f"active units   {active_units(model, x):9d} of {model.latent_dim}  (Cov_x E[z_u] > 0.01)")
+    try:
+        elbo = evaluate(model, x, seed=args.seed)
+        print(f"-ELBO          {_nats(elbo['loss'])} nats  (reconstruction {_nats(elbo['reconstruction'], 0)} + "
+              f"KL {_nats(elbo['kl'], 0)})")
+        ll = log_marginal_likelihood(model, x, k=args.k, seed=args.seed, progress=True)
+        print(f"log p(x)       {_nats(ll)} nats  (importance sampling, k={args.k}, at most {MAX_ROWS} rows at once)")
+        print(f"active units   {active_units(model, x):9d} of {model.latent_dim}  (Cov_x E[z_u] > 0.01)")
+    except FloatingPointError as exc:  # not the arguments: the model's numbers overflow even in float64
+        print(f"npvae evaluate: error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _nats(value, width=9) -> str:
+    """A number of nats: two decimals, or 4 significant digits when it is huge (a broken model)."""
+    return f"{value:{width}.2f}" if abs(value) < 1e7 else f"{value:{width}.4g}"
 
 
 def cmd_exercises(args) -> int:
