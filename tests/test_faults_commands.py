@@ -67,3 +67,54 @@ def test_evaluate_refuses_what_float64_cannot_hold(tmp_path, capsys):
         npvae.evaluate(model, X_TEST)
     with pytest.raises(FloatingPointError, match=r"^log p\(x\): not finite .*log-variance reaches 2000"):
         npvae.log_marginal_likelihood(model, X_TEST, k=5)
+
+
+# --- 16. gradcheck on a training-sized model: a bounded sample, progress, and a count -----------
+def test_gradcheck_samples_a_training_sized_model_and_says_how_many(capsys):
+    # Before: every one of the 652,824 entries, two forward passes each (minutes to hours), and
+    # no word of how many were checked.
+    argv = ["gradcheck", "--input-dim", "784", "--hidden", "400", "--latent-dim", "20"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    # 10 blocks: 7 with more than 100 entries (100 each), 20 + 20 + ... below that checked whole
+    assert "checked 840 of 652824 entries" in out and "--entries all" in out
+
+
+def test_gradcheck_keeps_every_entry_of_the_small_default_model(capsys):
+    assert cli.main(["gradcheck"]) == 0
+    out = capsys.readouterr().out
+    total = npvae.VAE(12, (8, 6), 3).n_params
+    assert f"checked {total} of {total} entries" in out
+    assert cli.main(["gradcheck", "--input-dim", "30", "--hidden", "20", "--entries", "all"]) == 0
+    total = npvae.VAE(30, (20,), 3).n_params
+    assert f"checked {total} of {total} entries" in capsys.readouterr().out
+
+
+def test_gradcheck_shows_progress_on_a_terminal(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main(["gradcheck", "--input-dim", "30", "--hidden", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "gradcheck" in err and "entries" in err and "/" in err  # the tqdm bar: done/total
+
+
+# --- 11 (part). gradcheck sizes that cannot fit: one line naming the argument -----------------
+@pytest.mark.parametrize("argv, name", [
+    (["--batch-size", "1000000000"], "--batch-size: 1000000000 needs"),
+    (["--input-dim", "1000000000"], "--input-dim: 1000000000 needs"),
+    (["--hidden", "1000000000"], "--hidden: [1000000000] needs"),
+    (["--latent-dim", "1000000000"], "--latent-dim: 1000000000 needs"),
+])
+def test_gradcheck_refuses_sizes_that_cannot_fit(capsys, argv, name):
+    # Before: --batch-size 1000000000 raised MemoryError (a traceback); --input-dim blamed hidden_dims.
+    assert cli.main(["gradcheck", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"npvae gradcheck: error: {name}")
+
+
+def test_gradcheck_batch_size_text_that_is_not_an_integer(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["gradcheck", "--batch-size", "1e9"])
+    assert info.value.code == 2
+    assert "argument --batch-size: expected a positive integer, got '1e9'" in capsys.readouterr().err
