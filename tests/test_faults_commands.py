@@ -118,3 +118,46 @@ def test_gradcheck_batch_size_text_that_is_not_an_integer(capsys):
         cli.main(["gradcheck", "--batch-size", "1e9"])
     assert info.value.code == 2
     assert "argument --batch-size: expected a positive integer, got '1e9'" in capsys.readouterr().err
+
+
+# --- 13. npvae sample: a grid one can see, in bounded memory ------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint_784(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "m.npz"
+    npvae.save(npvae.VAE(784, (400,), 20), path)
+    return path
+
+
+@pytest.mark.parametrize("n", [4097, 200000])
+def test_sample_refuses_more_than_one_readable_grid(checkpoint_784, tmp_path, capsys, n):
+    # Before: n=4097 drew 4097 specks of 10 x 10 pixels; n=200000 needed 13.9 GB (estimated 2.5).
+    out = tmp_path / "s.png"
+    assert cli.main(["sample", "--checkpoint", str(checkpoint_784), "--n", str(n), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not out.exists()
+    assert err.startswith(f"npvae sample: error: --n: at most 4096 samples fit one readable grid (64 x 64), got {n}")
+
+
+def test_sample_grid_draws_every_image_at_full_size(checkpoint_784):
+    # Before: the figure was 640 pixels wide whatever the grid: 64 x 64 tiles of 29 pixels in 640.
+    fig = npvae.plots.plot_samples(np.zeros((4096, 784)), grid=64)
+    width, height = fig.get_size_inches() * fig.dpi
+    assert width >= 64 * 29 and height >= 64 * 29
+    with pytest.raises(ValueError, match=r"^grid: expected at most 64 tiles per side"):
+        npvae.plots.plot_samples(np.zeros((4, 784)), grid=65)
+
+
+def test_sample_4096_stays_in_bounded_memory(checkpoint_784, tmp_path):
+    # The largest grid allowed, measured: its peak resident memory (about 0.4 GB) in a child.
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "s.png"
+    code = ("import resource, sys; from npvae import cli; code = cli.main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", code, "sample", "--checkpoint", str(checkpoint_784), "--n", "4096",
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    peak_mib = int(run.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    assert peak_mib < 1024 and out.stat().st_size > 0
