@@ -134,7 +134,8 @@ def _finite_or_float64(quantity, compute, model, x, *args):
     """``compute(model, x, *args)`` (a dict of numbers or a host array), computed again on a
     float64 copy of ``model`` if it is not finite in float32; a FloatingPointError naming
     ``quantity`` and saying why if it is not finite in float64 either."""
-    result = compute(model, x, *args)
+    with np.errstate(over="ignore", invalid="ignore"):  # NumPy's overflow notes: the warning below says more
+        result = compute(model, x, *args)
     if _all_finite(result):
         return result
     if model.dtype != "float64":
