@@ -505,7 +505,8 @@ def cmd_sample(args) -> int:
     image_shape = _image_shape(model)
     # z as model.sample draws it, decoded 256 rows at a time: the decoder's activations stay small
     z = Generator(args.seed).standard_normal((args.n, model.latent_dim), dtype=model.dtype)
-    samples = np.concatenate([to_numpy(model.mean(model.decode(z[a : a + 256, ...]))) for a in range(0, args.n, 256)])
+    samples = np.concatenate([to_numpy(model.mean(model.decode(z[a : min(a + 256, args.n), ...])))
+                              for a in range(0, args.n, 256)])
     plots.plot_samples(samples, args.out, grid=int(math.ceil(math.sqrt(args.n))), image_shape=image_shape)
     print(f"wrote {args.n} samples from the prior to {args.out}")
     return 0

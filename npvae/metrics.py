@@ -22,7 +22,6 @@ the quantity and the posterior log-variance that overflowed.
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 
 import numpy as np
@@ -35,15 +34,17 @@ from .random import EVALUATION_STREAMS, Generator, streams
 MAX_ROWS = 8192  # rows decoded at once by log_marginal_likelihood: memory ~ MAX_ROWS * (D + H) floats
 
 
-def evaluate(model, x, batch_size=1000, seed=0) -> dict:
+def evaluate(model, x, batch_size=1000, seed=0, float64_retry=True) -> dict:
     """-ELBO of ``model`` on ``x`` (N, D) with one eps per example drawn from ``seed``.
 
     Returns {"loss", "reconstruction", "kl"}: means over x, in nats per example;
     loss = reconstruction + kl. Always finite: see the module's docstring.
+    ``float64_retry=False`` raises FloatingPointError at once where float32 overflows (``fit``
+    does: there an overflow means training diverged).
     """
     check_int("batch_size", batch_size)
     x = _check_rows(model.check_x(x))
-    return _finite_or_float64("-ELBO", _elbo, model, x, batch_size, seed)
+    return _finite_or_float64("-ELBO", _elbo, model, x, batch_size, seed, retry=float64_retry)
 
 
 def _elbo(model, x, batch_size, seed) -> dict:
@@ -130,15 +131,15 @@ def _log_p_x(model, x, k, seed, max_rows, progress):
     return to_numpy(estimates)
 
 
-def _finite_or_float64(quantity, compute, model, x, *args):
+def _finite_or_float64(quantity, compute, model, x, *args, retry=True):
     """``compute(model, x, *args)`` (a dict of numbers or a host array), computed again on a
-    float64 copy of ``model`` if it is not finite in float32; a FloatingPointError naming
-    ``quantity`` and saying why if it is not finite in float64 either."""
+    float64 copy of ``model`` if it is not finite in float32 (and ``retry``); a
+    FloatingPointError naming ``quantity`` and saying why if it is still not finite."""
     with np.errstate(over="ignore", invalid="ignore"):  # NumPy's overflow notes: the warning below says more
         result = compute(model, x, *args)
     if _all_finite(result):
         return result
-    if model.dtype != "float64":
+    if retry and model.dtype != "float64":
         warnings.warn(f"{quantity}: not finite in {model.dtype} (the posterior's largest log-variance on x is "
                       f"{_largest_logvar(model, x):.4g}); computed in float64", stacklevel=3)
         model = _float64_copy(model)
@@ -150,14 +151,11 @@ def _finite_or_float64(quantity, compute, model, x, *args):
         found = ", ".join(f"{key} {value:g}" for key, value in result.items())
     else:
         found = f"{int(np.sum(~np.isfinite(result)))} of {result.size} examples NaN or inf"
-    largest = _largest_logvar(model, x)
-    why = (f"the posterior's log-variance reaches {largest:.4g} on x, and exp of more than {LOG_MAX_FLOAT64:.1f} "
-           "overflows float64" if largest > LOG_MAX_FLOAT64 else
+    largest, log_max = _largest_logvar(model, x), math.log(float(np.finfo(model.dtype).max))
+    why = (f"the posterior's log-variance reaches {largest:.4g} on x, and exp of more than {log_max:.1f} "
+           f"overflows {model.dtype}" if largest > log_max else
            f"the posterior's largest log-variance on x is {largest:.4g}: another of the model's numbers overflows")
-    raise FloatingPointError(f"{quantity}: not finite ({found}) even in float64: {why}")
-
-
-LOG_MAX_FLOAT64 = math.log(sys.float_info.max)  # 709.78: exp of more overflows float64
+    raise FloatingPointError(f"{quantity}: not finite ({found}) in {model.dtype}: {why}")
 
 
 def _all_finite(result) -> bool:
@@ -168,8 +166,9 @@ def _all_finite(result) -> bool:
 def _largest_logvar(model, x, batch_size=1000) -> float:
     """The largest log-variance of Q(z|x) over the rows of x and the latent units (for the
     full posterior: 2 log L_jj, the log-variance of each unit's own noise); NaN if any is."""
-    found = [2.0 * float(model.xp.max(model.posterior(x[a : a + batch_size, ...]).log_diag))
-             for a in range(0, int(x.shape[0]), batch_size)]
+    n = int(x.shape[0])
+    found = [2.0 * float(model.xp.max(model.posterior(x[a : min(a + batch_size, n), ...]).log_diag))
+             for a in range(0, n, batch_size)]
     return float(np.max(found))
 
 
