@@ -64,6 +64,14 @@ _positive_float = _number(float, "a positive number", lambda v: v > 0)
 _nonnegative_float = _number(float, "a non-negative number", lambda v: v >= 0)
 
 
+def _entries(text):
+    """--entries: a positive integer, or "all"."""
+    return "all" if text == "all" else _number(int, "a positive integer or 'all'", lambda v: v >= 1)(text)
+
+
+GRADCHECK_ENTRIES = 100  # entries checked per block by default: the default model's blocks whole (96 at most)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npvae",
@@ -151,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--posterior", choices=("diagonal", "full"), default="diagonal")
     g.add_argument("--activation", choices=tuple(ACTIVATIONS), default="tanh")
     g.add_argument("--batch-size", type=_positive_int, default=5, help="N (default 5)")
-    g.add_argument("--entries", type=_positive_int, default=None,
-                   help="check this many entries per block, chosen at random (default: all)")
+    g.add_argument("--entries", type=_entries, default=GRADCHECK_ENTRIES,
+                   help=f"check at most this many entries per block, chosen at random with --seed (default "
+                   f"{GRADCHECK_ENTRIES}: every entry of the default model, a sample of a large one); 'all' checks "
+                   "every entry (hours for a 784-400-20 model)")
     g.add_argument("--tol", type=_positive_float, default=1e-6, help="largest relative error allowed (default 1e-6)")
     g.add_argument("--seed", type=_nonnegative_int, default=0)
     return parser
@@ -196,6 +206,7 @@ def cmd_gradcheck(args) -> int:
     from .gradcheck import check_model
     from .vae import VAE
 
+    _check_gradcheck_sizes(args)
     model = VAE(args.input_dim, tuple(args.hidden), args.latent_dim, likelihood=args.likelihood,
                 activation=args.activation, dtype="float64", seed=args.seed, posterior=args.posterior)
     rng = np.random.default_rng(args.seed)
@@ -204,15 +215,36 @@ def cmd_gradcheck(args) -> int:
         x = rng.standard_normal(size=(args.batch_size, args.input_dim))
     eps = rng.standard_normal(size=(args.batch_size, args.latent_dim))
     print(model)
-    print(f"backend {model.backend.name}, float64, N={args.batch_size}, h=1e-5, tolerance {args.tol:g}")
-    report = check_model(model, x, eps, max_entries_per_block=args.entries, seed=args.seed)
+    print(f"backend {model.backend.name}, float64, N={args.batch_size}, h=1e-5, tolerance {args.tol:g}", flush=True)
+    entries = None if args.entries == "all" else args.entries
+    report = check_model(model, x, eps, max_entries_per_block=entries, seed=args.seed, progress=True)
     print(report)
+    checked, total = sum(report.checked.values()), sum(report.sizes.values())
+    how = ("every entry" if checked == total else
+           f"at most {entries} per block, chosen at random with --seed {args.seed}; --entries all checks every one")
+    print(f"checked {checked} of {total} entries ({how}), and all {total} along one random direction")
     if report.passed(args.tol):
         print(f"PASS: largest relative error {report.max_error:.2e} <= {args.tol:g}")
         return 0
     print(f"FAIL: largest relative error {report.max_error:.2e} > {args.tol:g} or not finite "
           f"(blocks: {', '.join(report.failed(args.tol))})")
     return 1
+
+
+def _check_gradcheck_sizes(args):
+    """Refuse, before allocating, sizes whose arrays cannot fit in memory, naming the argument:
+    the model's (named by its largest size) and the batch's (about 6 float64 per row and width,
+    forward and backward; the full posterior's L adds Z^2)."""
+    from .checks import check_fits_in_memory
+    from .vae import parameter_count
+
+    sizes = {"--input-dim": args.input_dim, "--hidden": max(args.hidden, default=0), "--latent-dim": args.latent_dim}
+    name = max(sizes, key=sizes.get)
+    count = parameter_count(args.input_dim, args.hidden, args.latent_dim, args.posterior)
+    # params, grads, the analytic copy, the directional check's direction and saved params: 5 vectors
+    check_fits_in_memory(name, args.hidden if name == "--hidden" else sizes[name], 5 * 8 * count)
+    width = args.input_dim + sum(args.hidden) + args.latent_dim + (args.latent_dim ** 2 if args.posterior == "full" else 0)
+    check_fits_in_memory("--batch-size", args.batch_size, 6 * 8 * args.batch_size * width)
 
 
 # The files a run writes into its folder (``--out``).
@@ -547,16 +579,23 @@ def _timestamped_folder(parent):
 
 def cmd_sample(args) -> int:
     from . import plots
+    from .backend import to_numpy
     from .checkpoint import load
-    from .checks import check_fits_in_memory
     from .random import Generator
 
     plots.figure_format(args.out, name="--out")  # before any work
+    most = plots.MAX_SAMPLE_GRID ** 2
+    if args.n > most:
+        raise ValueError(f"--n: at most {most} samples fit one readable grid ({plots.MAX_SAMPLE_GRID} x "
+                         f"{plots.MAX_SAMPLE_GRID}), got {args.n}; for more, run npvae sample again with another "
+                         f"--seed and --out")
     model = load(args.checkpoint)
-    check_fits_in_memory("--n", args.n, 4 * args.n * model.input_dim * (8 if model.dtype == "float64" else 4))
-    samples = model.sample(args.n, rng=Generator(args.seed))
-    side = int(math.ceil(math.sqrt(args.n)))
-    plots.plot_samples(samples, args.out, grid=side, image_shape=_image_shape(model))
+    image_shape = _image_shape(model)
+    # z as model.sample draws it, decoded 256 rows at a time: the decoder's activations stay small
+    z = Generator(args.seed).standard_normal((args.n, model.latent_dim), dtype=model.dtype)
+    samples = np.concatenate([to_numpy(model.mean(model.decode(z[a : min(a + 256, args.n), ...])))
+                              for a in range(0, args.n, 256)])
+    plots.plot_samples(samples, args.out, grid=int(math.ceil(math.sqrt(args.n))), image_shape=image_shape)
     print(f"wrote {args.n} samples from the prior to {args.out}")
     return 0
 
@@ -587,12 +626,22 @@ def cmd_evaluate(args) -> int:
     x = binarize_test_set(model.check_x(x_test), binarize, settings.get("seed", 0))
     print(f"{model}\nevaluating on the {name} test set: {x_test.shape[0]} examples"
           + (f" (binarized: {binarize})" if binarize != "none" else "") + f"\ndata: {source}")
-    elbo = evaluate(model, x, seed=args.seed)
-    print(f"-ELBO          {elbo['loss']:9.2f} nats  (reconstruction {elbo['reconstruction']:.2f} + KL {elbo['kl']:.2f})")
-    ll = log_marginal_likelihood(model, x, k=args.k, seed=args.seed, progress=True)
-    print(f"log p(x)       {ll:9.2f} nats  (importance sampling, k={args.k}, at most {MAX_ROWS} rows at once)")
-    print(f"active units   {active_units(model, x):9d} of {model.latent_dim}  (Cov_x E[z_u] > 0.01)")
+    try:
+        elbo = evaluate(model, x, seed=args.seed)
+        print(f"-ELBO          {_nats(elbo['loss'])} nats  (reconstruction {_nats(elbo['reconstruction'], 0)} + "
+              f"KL {_nats(elbo['kl'], 0)})")
+        ll = log_marginal_likelihood(model, x, k=args.k, seed=args.seed, progress=True)
+        print(f"log p(x)       {_nats(ll)} nats  (importance sampling, k={args.k}, at most {MAX_ROWS} rows at once)")
+        print(f"active units   {active_units(model, x):9d} of {model.latent_dim}  (Cov_x E[z_u] > 0.01)")
+    except FloatingPointError as exc:  # not the arguments: the model's numbers overflow even in float64
+        print(f"npvae evaluate: error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _nats(value, width=9) -> str:
+    """A number of nats: two decimals, or 4 significant digits when it is huge (a broken model)."""
+    return f"{value:{width}.2f}" if abs(value) < 1e7 else f"{value:{width}.4g}"
 
 
 def cmd_exercises(args) -> int:

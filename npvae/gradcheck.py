@@ -29,6 +29,7 @@ finite-difference check is a few hundred scalar evaluations, never a hot loop).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -193,7 +194,8 @@ class GradcheckReport:
         return "\n".join(lines)
 
 
-def check_model(model, x, eps, beta=1.0, h=1e-5, max_entries_per_block=None, seed=0) -> GradcheckReport:
+def check_model(model, x, eps, beta=1.0, h=1e-5, max_entries_per_block=None, seed=0,
+                progress=False) -> GradcheckReport:
     """Gradient check of ``model.loss_and_grads(x, eps)`` against central differences of
     ``model.loss(x, eps)``, which runs the forward pass alone (no backward), block by block.
 
@@ -203,7 +205,10 @@ def check_model(model, x, eps, beta=1.0, h=1e-5, max_entries_per_block=None, see
     check over all entries is added. A block with a NaN or inf anywhere in its analytic
     gradient, checked entry or not, gets error NaN; so does one whose central differences
     are not finite. A NaN or inf loss is recorded in ``report.loss`` and fails the report.
+    ``progress=True`` shows a tqdm bar of the entries checked when stderr is a terminal.
     """
+    from tqdm import tqdm
+
     res = model.loss_and_grads(x, eps=eps, beta=beta)
     analytic = to_numpy(res.grads).astype(np.float64)  # a copy: model.grads is reused
     loss = res.loss
@@ -214,15 +219,24 @@ def check_model(model, x, eps, beta=1.0, h=1e-5, max_entries_per_block=None, see
     rng = np.random.default_rng(seed)
     report = GradcheckReport()
     report.loss = loss
+    chosen = {}  # block name -> the flat indices to check
     for name, a, b, _shape in model.blocks:
         size = b - a
         if max_entries_per_block is None or max_entries_per_block >= size:
-            idx = np.arange(a, b)
+            chosen[name] = np.arange(a, b)
         else:
-            idx = a + np.sort(rng.choice(size, size=int(max_entries_per_block), replace=False))
-        numeric = numerical_gradient(f, model.params, h=h, indices=idx)
+            chosen[name] = a + np.sort(rng.choice(size, size=int(max_entries_per_block), replace=False))
+    total = sum(len(idx) for idx in chosen.values())
+    bar = tqdm(total=total, desc="gradcheck", unit="entries", disable=not (progress and sys.stderr.isatty()))
+    for name, a, b, _shape in model.blocks:
+        idx, numeric = chosen[name], []
+        for i in range(0, len(idx), 256):  # a few hundred entries at a time, for the bar
+            numeric.append(numerical_gradient(f, model.params, h=h, indices=idx[i : i + 256]))
+            bar.update(len(numeric[-1]))
+        numeric = np.concatenate([np.zeros(0), *numeric])
         finite = bool(np.all(np.isfinite(analytic[a:b])))  # the whole block, not only idx
         report.errors[name] = rel_error(analytic[idx], numeric) if finite else float("nan")
-        report.checked[name], report.sizes[name] = len(idx), size
+        report.checked[name], report.sizes[name] = len(idx), b - a
+    bar.close()
     report.directional = directional_check(f, model.params, analytic, h=h, seed=seed)[2]
     return report

@@ -12,11 +12,19 @@
   ``distributions.gaussian_log_density_at_sample``.
 - ``active_units(model, x)``: latent units u whose posterior mean moves with x,
   Cov_x(E_Q[z_u]) > 0.01 (Burda et al. 2016); the rest have collapsed onto the prior.
+
+None of them returns NaN or inf. A float32 model whose numbers overflow (a posterior variance
+exp(logvar) above 3.4e38, as in a model that diverged) is evaluated again in float64, with a
+warning that says so; what float64 cannot hold either raises ``FloatingPointError`` naming
+the quantity and the posterior log-variance that overflowed.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+
+import numpy as np
 
 from . import distributions as dist
 from .backend import get_backend, to_numpy
@@ -26,14 +34,21 @@ from .random import EVALUATION_STREAMS, Generator, streams
 MAX_ROWS = 8192  # rows decoded at once by log_marginal_likelihood: memory ~ MAX_ROWS * (D + H) floats
 
 
-def evaluate(model, x, batch_size=1000, seed=0) -> dict:
+def evaluate(model, x, batch_size=1000, seed=0, float64_retry=True) -> dict:
     """-ELBO of ``model`` on ``x`` (N, D) with one eps per example drawn from ``seed``.
 
     Returns {"loss", "reconstruction", "kl"}: means over x, in nats per example;
-    loss = reconstruction + kl.
+    loss = reconstruction + kl. Always finite: see the module's docstring.
+    ``float64_retry=False`` raises FloatingPointError at once where float32 overflows (``fit``
+    does: there an overflow means training diverged).
     """
     check_int("batch_size", batch_size)
     x = _check_rows(model.check_x(x))
+    return _finite_or_float64("-ELBO", _elbo, model, x, batch_size, seed, retry=float64_retry)
+
+
+def _elbo(model, x, batch_size, seed) -> dict:
+    """``evaluate``'s numbers in the model's own dtype (NaN or inf where it overflows)."""
     xp = model.xp
     rng = Generator(streams(seed, EVALUATION_STREAMS).elbo)
     n = int(x.shape[0])
@@ -66,6 +81,12 @@ def log_marginal_likelihood(model, x, k=5000, seed=0, max_rows=MAX_ROWS, progres
     check_int("k", k)
     check_int("max_rows", max_rows)
     x = _check_rows(model.check_x(x))
+    est = _finite_or_float64("log p(x)", _log_p_x, model, x, k, seed, max_rows, progress)
+    return est if per_example else float(np.mean(est))
+
+
+def _log_p_x(model, x, k, seed, max_rows, progress):
+    """``log_marginal_likelihood``'s (N,) host estimates in the model's own dtype."""
     be, xp = get_backend(), model.xp
     rng = Generator(streams(seed, EVALUATION_STREAMS).importance)
     n, d, zdim = int(x.shape[0]), model.input_dim, model.latent_dim
@@ -107,7 +128,57 @@ def log_marginal_likelihood(model, x, k=5000, seed=0, max_rows=MAX_ROWS, progres
             bar.update(b)
     if bar is not None:
         bar.close()
-    return to_numpy(estimates) if per_example else float(xp.mean(estimates))
+    return to_numpy(estimates)
+
+
+def _finite_or_float64(quantity, compute, model, x, *args, retry=True):
+    """``compute(model, x, *args)`` (a dict of numbers or a host array), computed again on a
+    float64 copy of ``model`` if it is not finite in float32 (and ``retry``); a
+    FloatingPointError naming ``quantity`` and saying why if it is still not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):  # NumPy's overflow notes: the warning below says more
+        result = compute(model, x, *args)
+    if _all_finite(result):
+        return result
+    if retry and model.dtype != "float64":
+        warnings.warn(f"{quantity}: not finite in {model.dtype} (the posterior's largest log-variance on x is "
+                      f"{_largest_logvar(model, x):.4g}); computed in float64", stacklevel=3)
+        model = _float64_copy(model)
+        x = model.check_x(x)
+        result = compute(model, x, *args)
+        if _all_finite(result):
+            return result
+    if isinstance(result, dict):
+        found = ", ".join(f"{key} {value:g}" for key, value in result.items())
+    else:
+        found = f"{int(np.sum(~np.isfinite(result)))} of {result.size} examples NaN or inf"
+    largest, log_max = _largest_logvar(model, x), math.log(float(np.finfo(model.dtype).max))
+    why = (f"the posterior's log-variance reaches {largest:.4g} on x, and exp of more than {log_max:.1f} "
+           f"overflows {model.dtype}" if largest > log_max else
+           f"the posterior's largest log-variance on x is {largest:.4g}: another of the model's numbers overflows")
+    raise FloatingPointError(f"{quantity}: not finite ({found}) in {model.dtype}: {why}")
+
+
+def _all_finite(result) -> bool:
+    values = list(result.values()) if isinstance(result, dict) else result
+    return bool(np.all(np.isfinite(np.asarray(values, dtype=np.float64))))
+
+
+def _largest_logvar(model, x, batch_size=1000) -> float:
+    """The largest log-variance of Q(z|x) over the rows of x and the latent units (for the
+    full posterior: 2 log L_jj, the log-variance of each unit's own noise); NaN if any is."""
+    n = int(x.shape[0])
+    found = [2.0 * float(model.xp.max(model.posterior(x[a : min(a + batch_size, n), ...]).log_diag))
+             for a in range(0, n, batch_size)]
+    return float(np.max(found))
+
+
+def _float64_copy(model):
+    """A float64 model with ``model``'s architecture and parameters."""
+    from .vae import VAE
+
+    copy = VAE(**{**model.config, "dtype": "float64", "seed": 0})
+    copy.params[...] = model.backend.astype(model.params, "float64")
+    return copy
 
 
 def _check_rows(x):
@@ -130,5 +201,9 @@ def unit_activity(model, x, batch_size=1000):
     mu = be.zeros((n, model.latent_dim), "float64")  # (N, Z)
     for a in range(0, n, batch_size):
         b = min(a + batch_size, n)
-        mu[a:b, ...] = be.astype(model.encode(x[a:b, ...])[0], "float64")
-    return to_numpy(model.xp.var(mu, axis=0))
+        mu[a:b, ...] = be.astype(model.posterior(x[a:b, ...]).mean, "float64")
+    activity = to_numpy(model.xp.var(mu, axis=0))
+    if not np.all(np.isfinite(activity)):
+        raise FloatingPointError("active units: the posterior means are not finite on x (the encoder's numbers "
+                                 "overflow)")
+    return activity

@@ -254,6 +254,9 @@ def plot_reconstructions(x, x_rec, path=None, n=10, image_shape=(28, 28), dpi=DP
     return _finish(fig, path, dpi)
 
 
+MAX_SAMPLE_GRID = 64  # tiles per side: 64 x 64 images of 28 x 28 are a 1855-pixel square, a screen's height
+
+
 def plot_samples(samples, path=None, grid=8, image_shape=(28, 28), dpi=DPI,
                  title="Samples from the prior z ~ N(0, I)") -> Figure:
     """``grid * grid`` images tiled into one picture with thin grey separators.
@@ -261,12 +264,19 @@ def plot_samples(samples, path=None, grid=8, image_shape=(28, 28), dpi=DPI,
     Args:
         samples: (N, H*W) or (N, H, W), e.g. ``model.sample(64)``; the first grid*grid
             are shown (fewer leave empty tiles).
-        grid: tiles per side.
+        grid: tiles per side, at most ``MAX_SAMPLE_GRID`` (64): the figure grows with the grid
+            so that every image pixel gets at least one pixel of the PNG, and a larger grid is
+            larger than a screen (draw several figures instead).
         image_shape: (H, W).
     """
     grid = check_int("grid", grid)
+    if grid > MAX_SAMPLE_GRID:
+        raise ValueError(f"grid: expected at most {MAX_SAMPLE_GRID} tiles per side (a larger grid is bigger than a "
+                         f"screen at one pixel per image pixel), got {grid}")
+    h, w, _ = _image_size(image_shape)
     a = _as_images("samples", samples, image_shape)[: grid * grid]
-    fig = Figure(figsize=(6.4, 6.8), layout="constrained")
+    side = max(6.4, grid * (max(h, w) + 1) / dpi * 1.1)  # inches: the axes get about 90% of the figure
+    fig = Figure(figsize=(side, side + 0.4), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(image_grid(a, grid, grid, image_shape, pad=1), **_IMSHOW)
     _no_ticks(ax)

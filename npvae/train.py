@@ -231,10 +231,11 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
         if x_test is not None:
             from .metrics import evaluate
 
-            row["test_loss"] = evaluate(model, x_test, seed=seed)["loss"]
-            if not math.isfinite(row["test_loss"]):
-                raise last_good.restore(f"epoch {epoch}: the test -ELBO went non-finite ({row['test_loss']}) "
-                                        "after the epoch's last step")
+            try:  # in the model's dtype: an overflow there is a diverged run
+                row["test_loss"] = evaluate(model, x_test, seed=seed, float64_retry=False)["loss"]
+            except FloatingPointError as exc:
+                raise last_good.restore(f"epoch {epoch}: the test -ELBO went non-finite after the epoch's last step "
+                                        f"({exc})") from None
         row["seconds"] = time.perf_counter() - start
         state.history.append(row)
         state.epoch = epoch
