@@ -232,19 +232,14 @@ def cmd_gradcheck(args) -> int:
 
 
 def _check_gradcheck_sizes(args):
-    """Refuse, before allocating, sizes whose arrays cannot fit in memory, naming the argument:
-    the model's (named by its largest size) and the batch's (about 6 float64 per row and width,
-    forward and backward; the full posterior's L adds Z^2)."""
-    from .checks import check_fits_in_memory
-    from .vae import parameter_count
+    """Refuse, before allocating, sizes that cannot fit in memory (the model and a step on
+    its batch, in float64), naming the argument that drives the size."""
+    from .vae import memory_estimate
 
-    sizes = {"--input-dim": args.input_dim, "--hidden": max(args.hidden, default=0), "--latent-dim": args.latent_dim}
-    name = max(sizes, key=sizes.get)
-    count = parameter_count(args.input_dim, args.hidden, args.latent_dim, args.posterior)
-    # params, grads, the analytic copy, the directional check's direction and saved params: 5 vectors
-    check_fits_in_memory(name, args.hidden if name == "--hidden" else sizes[name], 5 * 8 * count)
-    width = args.input_dim + sum(args.hidden) + args.latent_dim + (args.latent_dim ** 2 if args.posterior == "full" else 0)
-    check_fits_in_memory("--batch-size", args.batch_size, 6 * 8 * args.batch_size * width)
+    names = {"input_dim": ("--input-dim", args.input_dim), "hidden_dims": ("--hidden", args.hidden),
+             "latent_dim": ("--latent-dim", args.latent_dim), "rows": ("--batch-size", args.batch_size)}
+    memory_estimate(args.input_dim, args.hidden, args.latent_dim, args.posterior, "float64",
+                    rows=args.batch_size).check(names, posterior_name="--posterior")
 
 
 # The files a run writes into its folder (``--out``).

@@ -190,20 +190,16 @@ def _device_of(a) -> dict:
     return {} if type(a).__module__.startswith("cupy") else {"device": a.device}
 
 
-def _dense_layers(input_dim, hidden_dims, latent_dim, posterior):
+def _dense_layers(input_dim, hidden_dims, latent_dim, posterior) -> list[tuple[int, int]]:
     """Every Dense layer of ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` as
-    ((n_in, args), (n_out, args)): each size with the arguments it is made of (the full
-    posterior's Z(Z-1)/2 is made of latent_dim twice).
-
-    encoder D -> H1 -> ... -> Hk, heads Hk -> Z (mu) and Hk -> Z (logvar; for "full": log of
-    L's diagonal) and, for "full", Hk -> Z(Z-1)/2 (L's strictly-lower entries); decoder
-    Z -> Hk -> ... -> H1 -> D.
-    """
-    d, z = (int(input_dim), ("input_dim",)), (int(latent_dim), ("latent_dim",))
-    encoder = [d, *((int(h), ("hidden_dims",)) for h in hidden_dims)]
+    (n_in, n_out): encoder D -> H1 -> ... -> Hk, heads Hk -> Z (mu) and Hk -> Z (logvar; for
+    "full": log of L's diagonal) and, for "full", Hk -> Z(Z-1)/2 (L's strictly-lower entries);
+    decoder Z -> Hk -> ... -> H1 -> D."""
+    z = int(latent_dim)
+    encoder = [int(input_dim), *(int(h) for h in hidden_dims)]
     found = list(zip(encoder[:-1], encoder[1:])) + [(encoder[-1], z), (encoder[-1], z)]
     if posterior == "full":
-        found.append((encoder[-1], (z[0] * (z[0] - 1) // 2, ("latent_dim", "latent_dim"))))
+        found.append((encoder[-1], z * (z - 1) // 2))
     decoder = [z, *reversed(encoder)]
     return found + list(zip(decoder[:-1], decoder[1:]))
 
@@ -212,7 +208,7 @@ def parameter_count(input_dim, hidden_dims, latent_dim, posterior="diagonal") ->
     """How many parameters ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` has,
     computed from the sizes alone (nothing is allocated): every Dense layer n_in -> n_out has
     n_in * n_out + n_out."""
-    return sum(a * b + b for (a, _), (b, _) in _dense_layers(input_dim, hidden_dims, latent_dim, posterior))
+    return sum(a * b + b for a, b in _dense_layers(input_dim, hidden_dims, latent_dim, posterior))
 
 
 # Numbers held per row at the peak, per unit of each size: measured with tracemalloc
@@ -230,9 +226,9 @@ class MemoryEstimate:
     """What ``memory_estimate`` returns. ``parameters``: bytes of the parameters, their
     gradient and two optimizer buffers (and, training, one layer's gradient temporary);
     ``activations``: bytes of ``rows`` rows' activations at once; ``weights``: for each
-    argument ("input_dim", "hidden_dims", "latent_dim", "rows"), the bytes of the terms it is
-    a factor of, counted once per factor: the estimate grows fastest with the heaviest
-    (``latent_dim`` for the full posterior's Z^2 terms, ``hidden_dims`` for a huge layer)."""
+    argument ("input_dim", "hidden_dims", "latent_dim", "rows"), the bytes the total would
+    lose were it 1: the heaviest drives the size (``latent_dim`` for the full posterior's Z^2
+    terms, ``hidden_dims`` for a huge layer, ``input_dim`` for huge images)."""
 
     parameters: int
     activations: int
@@ -264,28 +260,34 @@ def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dt
     optimizer buffers, plus the activations of ``rows`` rows at once for ``work``: "train"
     (a step of fit on a batch of ``rows``), "evaluate" (the forward pass of ``rows`` rows) or
     "sample" (``rows`` draws decoded). rows=0 counts the parameters alone. The one estimate
-    for every memory check: ``VAE()``, ``npvae train``, ``npvae sample``."""
+    for every memory check: ``VAE()``, ``npvae train``, ``npvae gradcheck``.
+
+    ``weights[arg]`` is what the total would lose if that argument were 1 (every hidden width
+    1, for ``hidden_dims``): the argument with the largest weight is the one that drives the
+    size, and the one a refusal names."""
+    sizes = {"input_dim": int(input_dim), "hidden_dims": [int(h) for h in hidden_dims],
+             "latent_dim": int(latent_dim), "rows": int(rows)}
     item = 4 if dtype == "float32" else 8
-    terms = []  # (bytes, the arguments it is made of, once per factor)
-    layers_ = _dense_layers(input_dim, hidden_dims, latent_dim, posterior)
-    for (a, a_args), (b, b_args) in layers_:
-        terms.append((4 * item * (a * b + b), a_args + b_args))  # weights and bias: 4 copies
-    if work == "train" and rows:  # the largest layer's weight gradient, before it is added in
-        (a, a_args), (b, b_args) = max(layers_, key=lambda layer: layer[0][0] * layer[1][0])
-        terms.append((item * a * b, a_args + b_args))
-    parameters = sum(t for t, _ in terms)
-    per = ACTIVATION_FLOATS[work]
-    z = int(latent_dim)
-    width = [(per["input_dim"] * int(input_dim), ("input_dim",)), (per["latent_dim"] * z, ("latent_dim",))]
-    width += [(per["hidden_dims"] * int(h), ("hidden_dims",)) for h in hidden_dims]
-    if posterior == "full":
-        width.append((per["latent_dim^2"] * z * z, ("latent_dim", "latent_dim")))
-    terms += [(item * int(rows) * floats, ("rows", *args)) for floats, args in width]
+    parameters, activations = _memory_bytes(**sizes, posterior=posterior, item=item, work=work)
     weights = {}
-    for nbytes, args in terms:
-        for arg in args:
-            weights[arg] = weights.get(arg, 0) + nbytes
-    return MemoryEstimate(parameters, sum(t for t, _ in terms) - parameters, int(rows), posterior, weights)
+    for arg, value in sizes.items():
+        smallest = [1] * len(value) if arg == "hidden_dims" else min(value, 1)
+        weights[arg] = parameters + activations - sum(
+            _memory_bytes(**{**sizes, arg: smallest}, posterior=posterior, item=item, work=work))
+    return MemoryEstimate(parameters, activations, sizes["rows"], posterior, weights)
+
+
+def _memory_bytes(input_dim, hidden_dims, latent_dim, rows, posterior, item, work) -> tuple[int, int]:
+    """(parameters, activations) in bytes, as ``memory_estimate`` describes them."""
+    layers_ = _dense_layers(input_dim, hidden_dims, latent_dim, posterior)
+    parameters = sum(4 * item * (a * b + b) for a, b in layers_)  # weights and bias: 4 copies
+    if work == "train" and rows:  # the largest layer's weight gradient, before it is added in
+        parameters += item * max(a * b for a, b in layers_)
+    per = ACTIVATION_FLOATS[work]
+    width = per["input_dim"] * input_dim + per["latent_dim"] * latent_dim + per["hidden_dims"] * sum(hidden_dims)
+    if posterior == "full":
+        width += per["latent_dim^2"] * latent_dim * latent_dim
+    return parameters, item * rows * width
 
 
 def _check_hidden_dims(hidden_dims) -> tuple:

@@ -163,3 +163,11 @@ def test_sample_4096_stays_in_bounded_memory(checkpoint_784, tmp_path):
     assert run.returncode == 0, run.stderr
     peak_mib = int(run.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
     assert peak_mib < 1024 and out.stat().st_size > 0
+
+
+def test_gradcheck_blames_input_dim_for_huge_images(monkeypatch, capsys):
+    # The size is the images' (input_dim appears in the first and last layers, every hidden
+    # width in more layers): the refusal names --input-dim, not --hidden.
+    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 2**30)
+    assert cli.main(["gradcheck", "--input-dim", "100000000"]) == 2
+    assert capsys.readouterr().err.startswith("npvae gradcheck: error: --input-dim: 100000000 needs")
