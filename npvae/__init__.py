@@ -9,7 +9,8 @@ The teaching modules hold the math, each equation once, forward above backward:
 ``checks`` and ``replaceable``). Around them: ``train``, ``metrics``, ``datasets``,
 ``checkpoint``, ``plots``, ``gradcheck``, ``cli``. Above them all, ``npvae.fast`` replaces a
 few hot textbook functions by faster ones with the same results, for NumPy and CuPy arrays;
-``NPVAE_FAST=0`` (or ``with npvae.textbook(): ...``) runs exactly the textbook code.
+``NPVAE_FAST=0`` (or ``with npvae.textbook(): ...``) runs exactly the textbook code;
+``NPVAE_FAST`` is checked first, and a value npvae does not know stops the import.
 """
 
 import os
@@ -23,7 +24,11 @@ def _started_as_the_command() -> bool:
     return script == "npvae" or any(a == "-m" and b == "npvae" for a, b in zip(argv, argv[1:]))
 
 
+# A package that refuses to load never reaches ``cli.main``: under the ``npvae`` command, a bad
+# NPVAE_FAST is said in the command's one line (status 2), and Ctrl-C while starting in one
+# line (status 130). ``import npvae`` elsewhere raises them as they are.
 try:
+    from . import replaceable  # reads NPVAE_FAST before anything else loads
     from . import backend, datasets, distributions, gradcheck, layers, optim
     from .backend import asarray, get_backend, set_backend, to_numpy
     from .checkpoint import CheckpointError, load, save
@@ -32,14 +37,18 @@ try:
     from .replaceable import textbook
     from .train import History, TrainingError, fit
     from .vae import VAE, LossAndGrads
-except KeyboardInterrupt:  # Ctrl-C while the npvae command starts: one line, not a traceback
+
+    if replaceable.FAST:
+        from . import fast  # noqa: F401  (registers the fast paths; see npvae.replaceable)
+except (ValueError, KeyboardInterrupt) as exc:
     if not _started_as_the_command():
         raise
-    print("npvae: interrupted while starting", file=sys.stderr)
-    raise SystemExit(130) from None
-
-if os.environ.get("NPVAE_FAST", "1").strip() != "0":
-    from . import fast  # noqa: F401  (registers the fast paths; see npvae.replaceable)
+    if isinstance(exc, KeyboardInterrupt):
+        print("npvae: interrupted while starting", file=sys.stderr)
+        raise SystemExit(130) from None
+    command = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else ""
+    print(f"npvae{' ' + command if command else ''}: error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 __version__ = "0.1.0"
 

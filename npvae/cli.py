@@ -174,7 +174,7 @@ def info() -> dict:
     import platform
 
     from .backend import DEFAULT_DTYPE, get_backend
-    from .replaceable import active
+    from .replaceable import FAST, active
 
     be = get_backend()
     out = {
@@ -191,8 +191,9 @@ def info() -> dict:
         except Exception:
             out[pkg] = "not installed"
     fast = [name for name, libraries in active().items() if be.name in libraries]
-    out["fast paths"] = (", ".join(fast) if fast else
-                         "none: the textbook code runs" + (" (NPVAE_FAST=0)" if os.environ.get("NPVAE_FAST") == "0" else ""))
+    why = (f"NPVAE_FAST={os.environ.get('NPVAE_FAST', '').strip()}" if not FAST  # 0, off, false, no, any case
+           else f"no fast paths for {be.name} arrays")
+    out["fast paths"] = ", ".join(fast) if fast else f"none: the textbook code runs ({why})"
     return out
 
 

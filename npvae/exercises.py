@@ -17,14 +17,17 @@ who use nbgrader can use the notebooks as they are.
 ``student_copy(nb)`` replaces every solution, markers included, by
 ``raise NotImplementedError("Exercise NN.k: ...")`` at the marker's indentation and drops the
 wrong answers; nothing else changes. ``npvae exercises DIR`` writes the student copies of all
-notebooks into DIR.
+notebooks into DIR; ``read_notebook`` refuses, in one line naming the file and the key, a file
+that is not such a notebook, and every notebook is read and copied before any is written.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
+import stat
 from pathlib import Path
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -74,12 +77,17 @@ def replace_solutions(source, replacement):
     return "\n".join(lines)
 
 
-def student_copy(nb):
-    """A copy of the notebook ``nb`` (nbformat) with every solution replaced by a stub."""
+def student_copy(nb, only=None):
+    """A copy of the notebook ``nb`` (nbformat) with every solution replaced by a stub; with
+    ``only`` (exercise ids), only those exercises' solutions (a student who skipped them)."""
     nb = copy.deepcopy(nb)
-    for cell in nb.cells:
-        ex = exercise_id(cell)
-        if ex is None:
+    for i, cell in enumerate(nb.cells):
+        try:
+            ex = exercise_id(cell)
+            solution_regions(cell.source)
+        except ExerciseFormatError as exc:
+            raise ExerciseFormatError(f"cells[{i}]: {exc}") from None
+        if ex is None or (only is not None and ex not in only):
             continue
         cell.source = replace_solutions(cell.source, lambda indent, ex=ex: (
             f'raise NotImplementedError("Exercise {ex}: write your solution here")'))
@@ -99,11 +107,71 @@ def with_wrong_answer(nb, exercise):
     raise ValueError(f"exercise: no exercise {exercise!r} in this notebook")
 
 
+def read_notebook(path):
+    """The notebook file ``path`` (nbformat 4), or ValueError in one line naming the file and the
+    key: a folder, a FIFO or an unreadable file; not JSON; ``nbformat`` not 4; ``cells`` not a
+    list; a cell whose ``cell_type``, ``source``, ``metadata`` or ``metadata.npvae`` is missing or
+    of the wrong type (what ``student_copy`` reads); what nbformat itself refuses."""
+    import nbformat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            kind = "a folder" if os.path.isdir(path) else "something else (a FIFO, a device?)"
+            raise ValueError(f"{path}: expected a notebook file, got {kind}")
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: expected a notebook file, got nothing there (a dangling link?)") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not JSON, not even UTF-8 text (byte {exc.start})") from None
+    try:
+        nb = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+
+    def refuse(where, what, value):
+        shown = repr(value) if isinstance(value, (str, int, float)) else ""
+        got = "nothing" if value is _MISSING else shown if 0 < len(shown) <= 40 else type(value).__name__
+        raise ValueError(f"{path}: {where}: expected {what}, got {got}")
+
+    if not isinstance(nb, dict):
+        refuse("the file", "a JSON object (a notebook)", nb)
+    if nb.get("nbformat", _MISSING) != 4:
+        refuse("nbformat", "4 (the notebook format npvae writes)", nb.get("nbformat", _MISSING))
+    if not isinstance(nb.get("cells", _MISSING), list):
+        refuse("cells", "a list of cells", nb.get("cells", _MISSING))
+    if not isinstance(nb.get("metadata", _MISSING), dict):
+        refuse("metadata", "a JSON object", nb.get("metadata", _MISSING))
+    for i, cell in enumerate(nb["cells"]):
+        if not isinstance(cell, dict):
+            refuse(f"cells[{i}]", "a JSON object (a cell)", cell)
+        if cell.get("cell_type", _MISSING) not in ("code", "markdown", "raw"):
+            refuse(f"cells[{i}].cell_type", "'code', 'markdown' or 'raw'", cell.get("cell_type", _MISSING))
+        source = cell.get("source", _MISSING)
+        if not (isinstance(source, str) or isinstance(source, list) and all(isinstance(s, str) for s in source)):
+            refuse(f"cells[{i}].source", "a string or a list of strings", source)
+        if not isinstance(cell.get("metadata", _MISSING), dict):
+            refuse(f"cells[{i}].metadata", "a JSON object", cell.get("metadata", _MISSING))
+        if not isinstance(cell["metadata"].get("npvae", {}), dict):
+            refuse(f"cells[{i}].metadata.npvae", "a JSON object", cell["metadata"]["npvae"])
+    try:
+        return nbformat.reads(text, as_version=4)
+    except Exception as exc:  # nbformat's own checks (jsonschema's and others): one line, with the file
+        raise ValueError(f"{path}: not a notebook nbformat can read ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no details'})") from None
+
+
+_MISSING = object()
+
+
 def write_student_copies(notebooks, out_dir, overwrite=False) -> list[Path]:
     """Write the student copy of each notebook file into ``out_dir``; returns the paths written.
 
     A notebook already in ``out_dir`` (a student's work) is never overwritten unless
-    ``overwrite``; the check is made for all of them before anything is written."""
+    ``overwrite``; the check is made for all of them, and every notebook is read (``read_notebook``)
+    and copied, before anything is written."""
     import nbformat
 
     from .io import atomic_open
@@ -118,7 +186,12 @@ def write_student_copies(notebooks, out_dir, overwrite=False) -> list[Path]:
     existing = [str(t) for _, t in targets if t.exists()]
     if existing and not overwrite:
         raise ValueError(f"DIR: {existing[0]} exists (a student's work?); choose an empty folder or pass --overwrite")
-    copies = [(target, student_copy(nbformat.read(str(source), as_version=4))) for source, target in targets]
+    copies = []
+    for source, target in targets:  # every notebook read and copied before any is written
+        try:
+            copies.append((target, student_copy(read_notebook(source))))
+        except ExerciseFormatError as exc:
+            raise ExerciseFormatError(f"{source}: {exc}") from None
     os.makedirs(out_dir, exist_ok=True)
     for target, nb in copies:
         with atomic_open(target, "w") as f:

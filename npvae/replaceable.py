@@ -15,7 +15,10 @@ replacement registered for it, if any and if replacements are on; otherwise the 
 function runs. Replacements are off:
 
 - for the whole process when ``NPVAE_FAST=0`` (``npvae`` then never imports ``npvae.fast``,
-  so nothing is registered and every step runs exactly the textbook code);
+  so nothing is registered and every step runs exactly the textbook code). ``NPVAE_FAST`` is
+  read once, at import, by ``fast_setting``: ``1`` (the default, also when unset or empty) or
+  ``0``; ``true``/``on``/``yes`` mean 1 and ``false``/``off``/``no`` mean 0 (any case, spaces
+  around ignored). Any other value is refused: ``import npvae`` raises ValueError;
 - inside ``with textbook(): ...`` (``npvae.textbook()``), for the code in the block.
 
 ``active()`` lists what is registered. The tests check that every replacement equals its
@@ -29,8 +32,25 @@ import functools
 import numbers
 import os
 
+FAST_ON = ("1", "true", "on", "yes")
+FAST_OFF = ("0", "false", "off", "no")
+
+
+def fast_setting(value) -> bool:
+    """``NPVAE_FAST``'s value (a string, or None when unset) as True (fast paths on) or False.
+
+    Unset, empty or blank means on; the words of ``FAST_ON`` and ``FAST_OFF`` count in any case
+    with spaces around; anything else raises ValueError, in one line."""
+    word = (value or "").strip().lower() or "1"
+    if word in FAST_ON or word in FAST_OFF:
+        return word in FAST_ON
+    raise ValueError(f"NPVAE_FAST: expected 1 (the fast paths, the default) or 0 (exactly the textbook code); "
+                     f"{'/'.join(FAST_ON[1:])} also mean 1 and {'/'.join(FAST_OFF[1:])} mean 0; got {value!r}")
+
+
+FAST = fast_setting(os.environ.get("NPVAE_FAST"))  # NPVAE_FAST, read once; a bad value stops the import
 _TABLE: dict = {}  # "module.function" -> {library name: replacement}
-_ON = [os.environ.get("NPVAE_FAST", "1").strip() != "0"]
+_ON = [FAST]
 
 
 def replaceable(fn):

@@ -25,7 +25,7 @@ from conftest import EXPECTED_BACKEND, host
 
 PACKAGE = pathlib.Path(npvae.__file__).parent
 TOLERANCE = {"float32": {"rtol": 2e-5, "atol": 1e-6}, "float64": {"rtol": 1e-12, "atol": 1e-14}}
-FAST_OFF = os.environ.get("NPVAE_FAST", "1").strip() == "0"
+FAST_OFF = not replaceable.FAST  # NPVAE_FAST=0 (or off, false, no)
 numpy_only = pytest.mark.skipif(EXPECTED_BACKEND != "numpy" or FAST_OFF,
                                 reason="the NumPy fast paths run on numpy arrays only, and not with NPVAE_FAST=0")
 

@@ -11,9 +11,9 @@ shapes and dtypes training uses):
   lecture's model is bound by the host's kernel launches, not by the GPU), products written
   in place, and the Generator's draws copied to the GPU through pinned memory.
 
-``import npvae`` imports this package unless ``NPVAE_FAST=0``; the teaching modules never
-import it. ``replaceable.active()`` (and ``npvae info``) lists what is registered. Measured
-gains are in ``benchmarks/RESULTS.md``.
+``import npvae`` imports this package unless ``NPVAE_FAST=0`` (or ``false``, ``off``, ``no``:
+see ``npvae.replaceable``); the teaching modules never import it. ``replaceable.active()``
+(and ``npvae info``) lists what is registered. Measured gains are in ``benchmarks/RESULTS.md``.
 """
 
 from . import cupy_kernels, numpy_paths  # noqa: F401  (each registers its replacements)
