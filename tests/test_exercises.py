@@ -126,17 +126,6 @@ def run_until_error(nb, stop_after):
 
 
 @numpy_only
-@pytest.mark.parametrize("path", WITH_EXERCISES, ids=[p.name for p in WITH_EXERCISES])
-def test_a_student_copy_stops_at_its_first_exercise(path):
-    original = read(path)
-    first_index, first_cell = exercise_cells(original)[0]  # found by its markers, which the copy no longer has
-    nb = ex.student_copy(original)
-    index, err = run_until_error(nb, first_index + 1)
-    assert index == first_index + 1, f"expected the first grader (cell {first_index + 1}) to stop it, got cell {index}"
-    assert err.ename == "NotImplementedError" and f"Exercise {ex.exercise_id(first_cell)}" in err.evalue
-
-
-@numpy_only
 @pytest.mark.parametrize("path, exercise", ALL, ids=[e for _, e in ALL])
 def test_a_wrong_answer_fails_at_its_own_grader(path, exercise):
     original = read(path)
