@@ -394,8 +394,7 @@ def cmd_train(args) -> int:
                          f"epoch{'' if done == 1 else 's'}; give --epochs > {done}")
     out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else _timestamped_folder("runs"))
     _check_out(out, args)
-    (x_train, y_train), (x_test, y_test) = datasets.load(settings["dataset"], data_dir=args.data_dir)
-    source = datasets.last_source()
+    (x_train, y_train), (x_test, y_test), source = _load_data(settings["dataset"], args.data_dir)
     if model is None:
         _check_train_memory(settings, x_train, x_test)
         model = VAE(x_train.shape[1], tuple(settings["hidden"]), settings["latent_dim"],
@@ -517,6 +516,20 @@ def _interrupted_status(exc) -> int:
     return 143 if isinstance(exc, Terminated) else 130
 
 
+def _load_data(name, data_dir):
+    """``datasets.load``'s train and test sets and where they came from; its errors about the
+    folder name the flag, ``--data-dir``."""
+    from . import datasets
+
+    try:
+        train, test = datasets.load(name, data_dir=data_dir)
+    except datasets.DatasetError as exc:
+        message = str(exc)
+        raise datasets.DatasetError("--data-dir" + message[len("data_dir"):] if message.startswith("data_dir:")
+                                    else message) from None
+    return train, test, datasets.last_source()
+
+
 def _what_is_saved(saved) -> str:
     kept = f"; the run that was in {saved['out']} is kept" if saved["old_run"] else ""
     if not saved["path"]:
@@ -614,8 +627,7 @@ def cmd_evaluate(args) -> int:
     name = args.dataset or settings.get("dataset")
     if name is None:
         raise ValueError(f"--dataset: {args.checkpoint} does not say which data it was trained on; give --dataset")
-    _, (x_test, _) = datasets.load(name, data_dir=args.data_dir)
-    source = datasets.last_source()
+    _, (x_test, _), source = _load_data(name, args.data_dir)
     if args.limit:
         x_test = x_test[: args.limit]
     binarize = settings.get("binarize", "none")

@@ -81,7 +81,9 @@ FORMATS = ("png", "pdf", "svg")  # what save_figure writes, chosen by the file n
 
 def figure_format(path, name="path") -> str:
     """The image format ``path``'s ending asks for (``"png"``, ``"pdf"`` or ``"svg"``), or a
-    ValueError naming ``name``: a file must hold what its name says."""
+    ValueError naming ``name``: a file must hold what its name says, and a folder is not one."""
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: expected an image file's name, got {os.fspath(path)!r}, a folder")
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
         endings = ", ".join("." + f for f in FORMATS)

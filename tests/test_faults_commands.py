@@ -171,3 +171,10 @@ def test_gradcheck_blames_input_dim_for_huge_images(monkeypatch, capsys):
     monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 2**30)
     assert cli.main(["gradcheck", "--input-dim", "100000000"]) == 2
     assert capsys.readouterr().err.startswith("npvae gradcheck: error: --input-dim: 100000000 needs")
+
+
+def test_sample_refuses_a_folder_as_out_naming_the_flag(tmp_path, capsys):
+    # Before: "npvae sample: error: [Errno 21] Is a directory: 'd.png'", after drawing the samples.
+    (tmp_path / "d.png").mkdir()
+    assert cli.main(["sample", "--checkpoint", "no-such.npz", "--out", str(tmp_path / "d.png")]) == 2
+    assert capsys.readouterr().err.startswith("npvae sample: error: --out: expected an image file's name, got ")

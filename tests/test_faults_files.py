@@ -62,7 +62,7 @@ def test_the_cli_refuses_an_empty_data_dir(tmp_path, capsys):
             "--out", str(tmp_path / "run"), *SMALL]
     assert cli.main(argv) == 2
     err = one_line(capsys.readouterr().err)
-    assert err.startswith(f"npvae train: error: data_dir: {tmp_path / 'empty'}: ")
+    assert err.startswith(f"npvae train: error: --data-dir: {tmp_path / 'empty'}: ")
     assert not (tmp_path / "run").exists()
 
 
