@@ -306,7 +306,6 @@ class _Snapshot:
         return error
 
 
-
 def resolve_settings(given, state=None) -> dict:
     """fit's settings (``DEFAULTS``' keys): those given (not None), else those of ``state``,
     the ``TrainState`` of a run being resumed, else ``DEFAULTS``; checked (``check_settings``).
