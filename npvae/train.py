@@ -114,13 +114,14 @@ DEFAULTS = {"batch_size": 128, "optimizer": "adam", "lr": 1e-3, "beta": 1.0, "kl
 
 
 def train_epoch(model, optimizer, x, data_rng, noise_rng, batch_size, beta=1.0, binarize="none", bar=None) -> dict:
-    """One epoch: every row of ``x`` (N, D) once, in an order drawn from ``data_rng``, one
-    optimizer step per minibatch of ``batch_size`` rows (the module docstring's step), eps
-    from ``noise_rng``. ``beta``: the KL weight, or a function t -> the weight of the epoch's
-    t-th step (t = 0, 1, ...; KL warm-up). ``binarize="dynamic"`` draws each minibatch's binary
-    images afresh from ``data_rng``; ``bar``: a tqdm bar to advance. Returns the epoch's means
-    per example of reconstruction, kl, beta, loss and neg_elbo (see ``History``). Raises
-    ``TrainingError``, before that step's update, when a loss term or the gradient is not finite."""
+    """One epoch: every row of ``x`` (N, D; ``model.check_x(x)``) once, in an order drawn from
+    ``data_rng``, one optimizer step per minibatch of ``batch_size`` rows (the module
+    docstring's step), eps from ``noise_rng``. ``beta``: the KL weight, or a function t -> the
+    weight of the epoch's t-th step (t = 0, 1, ...; KL warm-up). ``binarize="dynamic"`` draws
+    each minibatch's binary images afresh from ``data_rng``; ``bar``: a tqdm bar to advance.
+    Returns the epoch's means per example of reconstruction, kl, beta, loss and neg_elbo (see
+    ``History``). Raises ``TrainingError``, before that step's update, when a loss term or the
+    gradient is not finite."""
     n = int(x.shape[0])
     order, steps = data_rng.permutation(n), math.ceil(n / batch_size)
     sums = {"reconstruction": [], "kl": [], "beta": [], "loss": [], "neg_elbo": []}  # B * each, per step

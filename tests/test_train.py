@@ -58,7 +58,7 @@ def test_train_epoch_is_one_epoch_of_fit(data):
     row = npvae.fit(fitted, x_train, epochs=1, batch_size=64, progress=False)[0]
     model = small_model()
     seeds = streams(0, TRAINING_STREAMS)
-    sums = train.train_epoch(model, npvae.optim.Adam(model.params), x_train, Generator(seeds.data),
+    sums = train.train_epoch(model, npvae.optim.Adam(model.params), model.check_x(x_train), Generator(seeds.data),
                              Generator(seeds.eps), batch_size=64, beta=1.0)
     assert sums == {key: row[key] for key in ("reconstruction", "kl", "beta", "loss", "neg_elbo")}
     np.testing.assert_array_equal(host(model.params), host(fitted.params))
