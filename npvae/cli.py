@@ -27,20 +27,15 @@ import warnings
 
 import numpy as np
 
-from . import train
+from . import datasets, layers, optim, train, vae
 from .io import Terminated, atomic_open, interrupts_deferred, remove_stale_parts, terminate_as_interrupt
-from .layers import ACTIVATIONS
 
-# fit's settings (its names) -> the command line's (their flags' names)
-FIT_TO_CLI = {"batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "beta": "beta",
-              "kl_warmup_epochs": "kl_warmup", "binarize": "binarize", "seed": "seed", "dataset": "dataset"}
-# npvae train's defaults: the model's and the data's here, the training's from fit (one place)
-TRAIN_DEFAULTS = {
-    "dataset": "mnist-subset", "epochs": 30, "latent_dim": 20, "hidden": [400], "likelihood": "bernoulli",
-    "activation": "relu", "posterior": "diagonal",
-    **{FIT_TO_CLI[key]: value for key, value in train.DEFAULTS.items() if key != "dataset"},
-}
-MODEL_FLAGS = ("latent_dim", "hidden", "likelihood", "activation", "posterior")
+# npvae train's defaults for the model and the run; fit's settings are flags of the same names,
+# with fit's defaults (train.DEFAULTS), and the choices of every flag are the modules' own.
+MODEL_DEFAULTS = {"latent_dim": 20, "hidden": [400], "likelihood": "bernoulli", "activation": "relu",
+                  "posterior": "diagonal"}
+EPOCHS = 30
+FIT = train.DEFAULTS
 
 
 def _number(convert, expected, ok):
@@ -89,24 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
         "and (for a 2-D latent) the manifold. With no arguments: 30 epochs of a 784-400-20 VAE on the "
         "embedded digits, under a minute on two CPU cores.",
     )
-    t.add_argument("--dataset", choices=("mnist-subset", "fashion-mnist", "mnist"), default=None,
-                   help="default mnist-subset (embedded, offline)")
+    t.add_argument("--dataset", choices=datasets.NAMES, default=None,
+                   help=f"default {datasets.DEFAULT_NAME} (embedded, offline)")
     t.add_argument("--data-dir", default=None, help="folder with the IDX files of mnist / fashion-mnist")
-    t.add_argument("--epochs", type=_positive_int, default=None, help="default 30 (total, counting resumed epochs)")
-    t.add_argument("--latent-dim", type=_positive_int, default=None, help="Z (default 20; 2 adds the manifold plot)")
-    t.add_argument("--hidden", type=_positive_int, nargs="*", default=None, metavar="H", help="hidden widths (default 400)")
-    t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=None, help="default bernoulli")
-    t.add_argument("--activation", choices=tuple(ACTIVATIONS), default=None, help="default relu")
-    t.add_argument("--posterior", choices=("diagonal", "full"), default=None,
-                   help="Q(z|x) with a diagonal covariance (default) or a full one, Sigma = L L^T")
-    t.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None, help="default adam")
-    t.add_argument("--lr", type=_positive_float, default=None, help="default 1e-3")
-    t.add_argument("--batch-size", type=_positive_int, default=None, help="default 128")
-    t.add_argument("--beta", type=_nonnegative_float, default=None, help="KL weight (default 1)")
-    t.add_argument("--kl-warmup", type=_nonnegative_int, default=None, metavar="EPOCHS",
-                   help="epochs over which the KL weight rises from 0 to beta (default 0)")
-    t.add_argument("--binarize", choices=("none", "static", "dynamic"), default=None, help="default none")
-    t.add_argument("--seed", type=_nonnegative_int, default=None, help="default 0")
+    t.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"default {EPOCHS} (total, counting resumed epochs)")
+    m = MODEL_DEFAULTS
+    t.add_argument("--latent-dim", type=_positive_int, default=None,
+                   help=f"Z (default {m['latent_dim']}; 2 adds the manifold plot)")
+    t.add_argument("--hidden", type=_positive_int, nargs="*", default=None, metavar="H",
+                   help=f"hidden widths (default {' '.join(map(str, m['hidden']))})")
+    t.add_argument("--likelihood", choices=vae.LIKELIHOODS, default=None, help=f"default {m['likelihood']}")
+    t.add_argument("--activation", choices=layers.ACTIVATIONS, default=None, help=f"default {m['activation']}")
+    t.add_argument("--posterior", choices=vae.POSTERIORS, default=None,
+                   help=f"Q(z|x) with a diagonal covariance or a full one, Sigma = L L^T (default {m['posterior']})")
+    t.add_argument("--optimizer", choices=optim.OPTIMIZERS, default=None, help=f"default {FIT['optimizer']}")
+    t.add_argument("--lr", type=_positive_float, default=None, help=f"default {FIT['lr']:g}")
+    t.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {FIT['batch_size']}")
+    t.add_argument("--beta", type=_nonnegative_float, default=None, help=f"KL weight (default {FIT['beta']:g})")
+    t.add_argument("--kl-warmup-epochs", "--kl-warmup", type=_nonnegative_int, default=None, metavar="EPOCHS",
+                   help=f"epochs over which the KL weight rises from 0 to beta (default {FIT['kl_warmup_epochs']})")
+    t.add_argument("--binarize", choices=train.BINARIZE, default=None, help=f"default {FIT['binarize']}")
+    t.add_argument("--seed", type=_nonnegative_int, default=None, help=f"default {FIT['seed']}")
     t.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="go on from a checkpoint (its settings, unless given here) up to --epochs")
@@ -123,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="-ELBO, log p(x) and active units on a test set")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--dataset", choices=("mnist-subset", "fashion-mnist", "mnist"), default=None,
-                   help="default: the one the model was trained on (run.json), else mnist-subset")
+    e.add_argument("--dataset", choices=datasets.NAMES, default=None,
+                   help="default: the one the checkpoint says the model was trained on")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--k", type=_positive_int, default=5000, help="importance samples per example (default 5000)")
     e.add_argument("--limit", type=_positive_int, default=None, help="use the first N test examples only")
@@ -155,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=_positive_int, nargs="*", default=[8, 6], metavar="H",
                    help="hidden widths (default 8 6; none for a linear model)")
     g.add_argument("--latent-dim", type=_positive_int, default=3, help="Z (default 3)")
-    g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
-    g.add_argument("--posterior", choices=("diagonal", "full"), default="diagonal")
-    g.add_argument("--activation", choices=tuple(ACTIVATIONS), default="tanh")
+    g.add_argument("--likelihood", choices=vae.LIKELIHOODS, default="bernoulli")
+    g.add_argument("--posterior", choices=vae.POSTERIORS, default="diagonal")
+    g.add_argument("--activation", choices=layers.ACTIVATIONS, default="tanh")
     g.add_argument("--batch-size", type=_positive_int, default=5, help="N (default 5)")
     g.add_argument("--entries", type=_entries, default=GRADCHECK_ENTRIES,
                    help=f"check at most this many entries per block, chosen at random with --seed (default "
@@ -205,10 +204,9 @@ def cmd_info(args) -> int:
 
 def cmd_gradcheck(args) -> int:
     from .gradcheck import check_model
-    from .vae import VAE
 
     _check_gradcheck_sizes(args)
-    model = VAE(args.input_dim, tuple(args.hidden), args.latent_dim, likelihood=args.likelihood,
+    model = vae.VAE(args.input_dim, tuple(args.hidden), args.latent_dim, likelihood=args.likelihood,
                 activation=args.activation, dtype="float64", seed=args.seed, posterior=args.posterior)
     rng = np.random.default_rng(args.seed)
     x = rng.uniform(0.0, 1.0, size=(args.batch_size, args.input_dim))
@@ -235,11 +233,9 @@ def cmd_gradcheck(args) -> int:
 def _check_gradcheck_sizes(args):
     """Refuse, before allocating, sizes that cannot fit in memory (the model and a step on
     its batch, in float64), naming the argument that drives the size."""
-    from .vae import memory_estimate
-
     names = {"input_dim": ("--input-dim", args.input_dim), "hidden_dims": ("--hidden", args.hidden),
              "latent_dim": ("--latent-dim", args.latent_dim), "rows": ("--batch-size", args.batch_size)}
-    memory_estimate(args.input_dim, args.hidden, args.latent_dim, args.posterior, "float64",
+    vae.memory_estimate(args.input_dim, args.hidden, args.latent_dim, args.posterior, "float64",
                     rows=args.batch_size).check(names, posterior_name="--posterior")
 
 
@@ -253,59 +249,41 @@ def _flag(key):
     return "--" + key.replace("_", "-")
 
 
-def _read_run_json(path) -> dict:
-    """The ``settings`` of a run.json, or a ValueError naming the file (a FIFO, socket or
-    device is refused before it is opened for reading)."""
-    from .io import open_regular
-
-    with open_regular(path, "run.json file") as f:
-        text = f.read()
+@contextlib.contextmanager
+def _flags_named(names):
+    """A ValueError whose message begins with one of ``names``, a function's argument (as in
+    "batch_size: ..."), is raised again naming the flag instead ("--batch-size: ...")."""
     try:
-        run = json.loads(text)
-        settings = run.get("settings", {}) if isinstance(run, dict) else None
-        if not isinstance(settings, dict):
-            raise ValueError("expected an object with an object 'settings'")
-        return settings
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable run.json ({exc})") from None
+        yield
+    except ValueError as exc:
+        name, colon, rest = str(exc).partition(":")
+        if name not in names:
+            raise
+        raise type(exc)(_flag(name) + colon + rest) from None
 
 
-def _saved_settings(model, checkpoint) -> dict:
-    """A checkpoint's run settings, in the command line's names. Checkpoints of format 1 did
-    not store the dataset's name: it comes from the run.json beside them, if there is one."""
-    settings = {FIT_TO_CLI[k]: v for k, v in model.train_state.settings.items() if k in FIT_TO_CLI}
-    if settings.get("dataset") is None:
-        run_json = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "run.json")
-        if os.path.exists(run_json):
-            settings["dataset"] = _read_run_json(run_json).get("dataset")
-    return settings
-
-
-def _resolve_train_settings(args, model=None):
-    """Each setting from the command line, else the resumed checkpoint's, else the default.
-    When resuming, a setting given on the command line must equal the saved one (the run goes
-    on as it was), except --epochs and --lr."""
-    saved = _saved_settings(model, args.resume) if model is not None else {}
-    settings = {}
-    for key, default in TRAIN_DEFAULTS.items():
-        given = getattr(args, key)
-        if model is not None and key in MODEL_FLAGS and given is not None:
-            raise ValueError(f"{_flag(key)}: the model's shape comes from the checkpoint when "
-                             f"resuming; got {_flag(key)} {given}")
-        if model is not None and given is not None and key not in ("epochs", "lr") and saved.get(key) is not None \
-                and given != saved[key]:
-            raise ValueError(f"{_flag(key)}: the run being resumed was trained with {saved[key]!r} and goes on with "
-                             f"it (start a new run to change it); got {given!r}")
-        if given is not None:
-            settings[key] = given
-        else:
-            settings[key] = saved[key] if saved.get(key) is not None else default
-    if model is not None:
-        if saved.get("dataset") is None and args.dataset is None:
-            raise ValueError(f"--dataset: {args.resume} does not say which data it was trained on; give --dataset")
-        settings.update(latent_dim=model.latent_dim, hidden=list(model.hidden_dims), likelihood=model.likelihood,
-                        activation=model.activation, posterior=model.posterior_kind)
-    return settings
+def _resolve_train_settings(args, model=None) -> dict:
+    """npvae train's settings: fit's, as ``train.resolve_settings`` gives them from the flags
+    (resuming: a flag other than --lr must repeat the saved setting); the model's, from the
+    flags or the checkpoint being resumed; --epochs."""
+    if model is None:
+        shape = {key: default if getattr(args, key) is None else getattr(args, key)
+                 for key, default in MODEL_DEFAULTS.items()}
+    else:
+        given = [key for key in MODEL_DEFAULTS if getattr(args, key) is not None]
+        if given:
+            raise ValueError(f"{_flag(given[0])}: the model's shape comes from the checkpoint when resuming; got "
+                             f"{_flag(given[0])} {getattr(args, given[0])}")
+        shape = {"latent_dim": model.latent_dim, "hidden": list(model.hidden_dims), "likelihood": model.likelihood,
+                 "activation": model.activation, "posterior": model.posterior_kind}
+    given = {key: getattr(args, key) for key in FIT}
+    if model is None and args.dataset is None:
+        given["dataset"] = datasets.DEFAULT_NAME
+    with _flags_named(FIT):
+        settings = train.resolve_settings(given, None if model is None else model.train_state)
+    if settings["dataset"] is None:
+        raise ValueError(f"--dataset: {args.resume} does not say which data it was trained on; give --dataset")
+    return {"epochs": EPOCHS if args.epochs is None else args.epochs, **shape, **settings}
 
 
 def _same_folder(a, b) -> bool:
@@ -376,10 +354,8 @@ class _RunFolder:
 
 
 def cmd_train(args) -> int:
-    from . import datasets, plots
     from .checkpoint import load, save
     from .train import TrainingError, fit
-    from .vae import VAE
 
     # Everything is checked before anything is written.
     model = None
@@ -397,7 +373,7 @@ def cmd_train(args) -> int:
     (x_train, y_train), (x_test, y_test), source = _load_data(settings["dataset"], args.data_dir)
     if model is None:
         _check_train_memory(settings, x_train, x_test)
-        model = VAE(x_train.shape[1], tuple(settings["hidden"]), settings["latent_dim"],
+        model = vae.VAE(x_train.shape[1], tuple(settings["hidden"]), settings["latent_dim"],
                     likelihood=settings["likelihood"], activation=settings["activation"], seed=settings["seed"],
                     posterior=settings["posterior"])
     ckpt, csv = os.path.join(out, "checkpoint.npz"), os.path.join(out, "history.csv")
@@ -442,11 +418,8 @@ def cmd_train(args) -> int:
         print(f"{model}\ntraining on {settings['dataset']} ({x_train.shape[0]} train, {x_test.shape[0]} test), "
               f"backend {model.backend.name}, writing to {out}\ndata: {source}")
         started = time.perf_counter()
-        # a resumed run goes on with its saved settings: only lr (and a format-1 file's dataset) are passed
-        passed_on = ("lr", "dataset") if args.resume else tuple(FIT_TO_CLI)
-        fit_settings = {key: settings[FIT_TO_CLI[key]] for key in passed_on}
         history = fit(model, x_train, x_test, epochs=settings["epochs"], progress=not args.no_progress,
-                      callbacks=[after_epoch], resume=bool(args.resume), **fit_settings)
+                      callbacks=[after_epoch], resume=bool(args.resume), **{key: settings[key] for key in FIT})
     except TrainingError as exc:
         print(f"npvae train: training stopped: {exc}", file=sys.stderr)
         print(f"npvae train: {_what_is_saved(saved)}", file=sys.stderr)
@@ -494,11 +467,9 @@ def _check_train_memory(settings, x_train, x_test):
     """Refuse, naming the flag that drives the size, a model whose parameters and activations
     do not fit in this machine's memory: a training step on a batch, or the test set's
     evaluation after each epoch (metrics.evaluate's forward pass, 1000 rows at once)."""
-    from .vae import memory_estimate
-
     sizes = (x_train.shape[1], settings["hidden"], settings["latent_dim"], settings["posterior"])
-    step = memory_estimate(*sizes, rows=min(settings["batch_size"], x_train.shape[0]))
-    test = memory_estimate(*sizes, rows=min(1000, x_test.shape[0]), work="evaluate")
+    step = vae.memory_estimate(*sizes, rows=min(settings["batch_size"], x_train.shape[0]))
+    test = vae.memory_estimate(*sizes, rows=min(1000, x_test.shape[0]), work="evaluate")
     names = {"hidden_dims": ("--hidden", settings["hidden"]), "latent_dim": ("--latent-dim", settings["latent_dim"])}
     if step.total >= test.total:
         names["rows"] = ("--batch-size", settings["batch_size"])
@@ -519,15 +490,9 @@ def _interrupted_status(exc) -> int:
 def _load_data(name, data_dir):
     """``datasets.load``'s train and test sets and where they came from; its errors about the
     folder name the flag, ``--data-dir``."""
-    from . import datasets
-
-    try:
-        train, test = datasets.load(name, data_dir=data_dir)
-    except datasets.DatasetError as exc:
-        message = str(exc)
-        raise datasets.DatasetError("--data-dir" + message[len("data_dir"):] if message.startswith("data_dir:")
-                                    else message) from None
-    return train, test, datasets.last_source()
+    with _flags_named(("data_dir",)):
+        train_set, test_set = datasets.load(name, data_dir=data_dir)
+    return train_set, test_set, datasets.last_source()
 
 
 def _what_is_saved(saved) -> str:
@@ -554,7 +519,7 @@ def _go_on(saved, settings, args) -> str:
 
 def _train_figures(model, history, settings, x_test, y_test) -> dict:
     """name -> function(path) drawing it, for the figures of a finished run."""
-    from . import datasets, plots
+    from . import plots
     from .backend import to_numpy
     from .random import Generator
     from .train import binarize_test_set
@@ -564,8 +529,7 @@ def _train_figures(model, history, settings, x_test, y_test) -> dict:
     figures["reconstructions.png"] = lambda p: plots.plot_reconstructions(x_show, model.reconstruct(x_show), p)
     figures["samples.png"] = lambda p: plots.plot_samples(model.sample(64, rng=Generator(settings["seed"])), p)
     mu = to_numpy(model.encode(x_test)[0])
-    names = datasets.class_names(settings["dataset"])
-    kind = "digit" if settings["dataset"] in ("mnist", "mnist-subset") else "class"
+    names, kind = datasets.class_names(settings["dataset"]), datasets.LABEL_KIND[settings["dataset"]]
     posteriors = None
     if model.latent_dim == 2:  # a few posteriors as covariance ellipses over the means
         q = model.posterior(x_test[:12])
@@ -617,13 +581,12 @@ def _image_shape(model):
 
 
 def cmd_evaluate(args) -> int:
-    from . import datasets
     from .checkpoint import load
     from .metrics import MAX_ROWS, active_units, evaluate, log_marginal_likelihood
     from .train import binarize_test_set
 
     model = load(args.checkpoint)
-    settings = _saved_settings(model, args.checkpoint) if model.train_state is not None else {}
+    settings = model.train_state.settings if model.train_state is not None else {}
     name = args.dataset or settings.get("dataset")
     if name is None:
         raise ValueError(f"--dataset: {args.checkpoint} does not say which data it was trained on; give --dataset")

@@ -1,6 +1,7 @@
 """Training: ``fit`` runs minibatch stochastic gradient descent on -ELBO.
 
-One step, for a minibatch x_b (B, D) and fresh noise eps (B, Z):
+One step, for a minibatch x_b (B, D) and fresh noise eps (B, Z) (``train_epoch`` takes one
+per minibatch of an epoch; ``fit`` adds resume, rollback, the test -ELBO and callbacks):
 
     fwd = model.forward(x_b, eps)                  # mu, logvar, z, log P(x|z), KL
     grads = model.backward(fwd, beta)              # d(-ELBO)/d params
@@ -23,6 +24,7 @@ Options the literature uses:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -111,6 +113,37 @@ DEFAULTS = {"batch_size": 128, "optimizer": "adam", "lr": 1e-3, "beta": 1.0, "kl
             "binarize": "none", "seed": 0, "dataset": None}
 
 
+def train_epoch(model, optimizer, x, data_rng, noise_rng, batch_size, beta=1.0, binarize="none", bar=None) -> dict:
+    """One epoch: every row of ``x`` (N, D; ``model.check_x(x)``) once, in an order drawn from
+    ``data_rng``, one optimizer step per minibatch of ``batch_size`` rows (the module
+    docstring's step), eps from ``noise_rng``. ``beta``: the KL weight, or a function t -> the
+    weight of the epoch's t-th step (t = 0, 1, ...; KL warm-up). ``binarize="dynamic"`` draws
+    each minibatch's binary images afresh from ``data_rng``; ``bar``: a tqdm bar to advance.
+    Returns the epoch's means per example of reconstruction, kl, beta, loss and neg_elbo (see
+    ``History``). Raises ``TrainingError``, before that step's update, when a loss term or the
+    gradient is not finite."""
+    n = int(x.shape[0])
+    order, steps = data_rng.permutation(n), math.ceil(n / batch_size)
+    sums = {"reconstruction": [], "kl": [], "beta": [], "loss": [], "neg_elbo": []}  # B * each, per step
+    for t in range(steps):
+        xb = get_backend().take_rows(x, order[t * batch_size : min((t + 1) * batch_size, n)])  # (B, D)
+        if binarize == "dynamic":
+            xb = _bernoulli_draw(xb, data_rng)
+        beta_t = beta(t) if callable(beta) else beta
+        eps = noise_rng.standard_normal((int(xb.shape[0]), model.latent_dim), dtype=model.dtype)
+        fwd = model.forward(xb, eps)  # mu, logvar, z, log P(x|z), KL
+        grads = model.backward(fwd, beta_t)  # d(-ELBO)/d params
+        rec, kl = _finite_terms(model.xp, fwd, grads, f"step {t + 1} of {steps}")
+        optimizer.step(grads)  # params <- params - lr * (...)
+        for key, value in zip(sums, (rec, kl, beta_t, rec + beta_t * kl, rec + kl)):
+            sums[key].append(int(xb.shape[0]) * value)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({"-ELBO": f"{math.fsum(sums['neg_elbo']) / min((t + 1) * batch_size, n):.2f}"},
+                            refresh=False)
+    return {key: math.fsum(values) / n for key, values in sums.items()}  # summed exactly, then averaged
+
+
 def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None, lr=None,
         beta=None, kl_warmup_epochs=None, binarize=None, seed=None, progress=True, callbacks=(),
         resume=False, dataset=None) -> History:
@@ -132,35 +165,103 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
         progress: a tqdm bar per epoch when stderr is a terminal.
         callbacks: a list (or tuple) of functions ``cb(model, row)``, called after each epoch
             with its history row.
-        resume: go on from ``model.train_state`` (set by an earlier ``fit`` or by
-            ``npvae.load``): its optimizer state, random streams, epoch count, history and
-            settings. Settings left out (None) are the saved ones; ``lr`` may be changed
-            (the new step size applies from the next step and is recorded); any other
-            setting that differs from the saved one is refused, since the run would no
-            longer be the one that was saved.
-        dataset: the name of the data, recorded in the checkpoint (``npvae train`` passes
-            its ``--dataset``; ``npvae evaluate`` reads it back).
+        resume: go on from ``model.train_state`` (set by an earlier ``fit`` or by ``npvae.load``):
+            its optimizer state, random streams, epoch count, history and settings. Settings
+            left out (None) are the saved ones; a new ``lr`` applies from the next step and is
+            recorded; any other setting that differs from the saved one is refused.
+        dataset: the data's name, recorded in the checkpoint (``npvae evaluate`` reads it).
     Returns:
         the ``History`` (also in ``model.train_state.history``).
     Raises:
         ValueError: a bad argument; it is raised before anything changes.
         TrainingError: a loss term, the gradient, the parameters after an epoch or the test
-            -ELBO became NaN or inf. The message names the epoch (and step) and the term. The
-            model is put back as it was at the end of the last epoch that ended finite
-            (parameters, optimizer, random streams, history), the state a checkpoint of that
-            epoch holds; ``error.epoch`` is that epoch (0: as it was before ``fit``).
+            -ELBO became NaN or inf; the message names the epoch (and step) and the term. The
+            model is put back as a checkpoint of the last epoch that ended finite holds it
+            (parameters, optimizer, random streams, history); ``error.epoch`` is that epoch.
     """
     given = {"batch_size": batch_size, "optimizer": optimizer, "lr": lr, "beta": beta,
              "kl_warmup_epochs": kl_warmup_epochs, "binarize": binarize, "seed": seed, "dataset": dataset}
-    check_int("epochs", epochs)
+    epochs, settings, x_train, x_test = _check_arguments(model, x_train, x_test, epochs, callbacks, given, resume)
+    # Everything is checked: from here on the model changes.
+    state, x_train, x_test = _start(model, settings, optimizer, resume, x_train, x_test)
+    batch_size = settings["batch_size"]
+    steps = math.ceil(int(x_train.shape[0]) / batch_size)
+    kl_weight = _kl_weight(settings, steps, epochs)  # the KL weight of the run's step t = 0, 1, ...
+    last_good = _Snapshot(model, state)  # the end of the last epoch that ended finite
+    for epoch in range(state.epoch + 1, epochs + 1):
+        start = time.perf_counter()
+        try:
+            with _progress_bar(progress, steps, f"epoch {epoch}/{epochs}") as bar:
+                row = train_epoch(model, state.optimizer, x_train, state.data_rng, state.noise_rng, batch_size,
+                                  lambda t: kl_weight(state.step + t), settings["binarize"], bar)
+        except TrainingError as exc:
+            raise last_good.restore(f"epoch {epoch}, {exc}") from None
+        state.step += steps
+        row = {"epoch": epoch, **row, "lr": float(state.optimizer.lr),
+               "test_loss": _test_loss(model, x_test, settings["seed"], epoch, last_good),
+               "seconds": time.perf_counter() - start}
+        state.history.append(row)
+        state.epoch = epoch
+        last_good = _Snapshot(model, state)
+        for callback in callbacks:
+            callback(model, row)
+    return state.history
+
+
+def _finite_terms(xp, fwd, grads, where) -> tuple[float, float]:
+    """A step's mean reconstruction and KL terms, or a TrainingError naming those (and the
+    gradient) that are not finite."""
+    rec, kl, grad_sq = -float(xp.mean(fwd.log_p)), float(xp.mean(fwd.kl)), float(grads @ grads)
+    bad = [name for name, v in (("reconstruction", rec), ("KL", kl), ("gradient", grad_sq)) if not math.isfinite(v)]
+    if bad:
+        raise TrainingError(f"{where}: the {' and the '.join(bad)} went non-finite (reconstruction {rec}, KL {kl}, "
+                            f"squared gradient norm {grad_sq})")
+    return rec, kl
+
+
+def _test_loss(model, x_test, seed, epoch, last_good):
+    """The test -ELBO after an epoch (None without ``x_test``), in the model's dtype. The
+    parameters after the epoch's last update, or this -ELBO, not finite: the run is rolled
+    back to ``last_good`` and its TrainingError raised."""
+    from .metrics import evaluate
+
+    if not bool(model.xp.all(model.xp.isfinite(model.params))):  # no step has looked at the last update
+        raise last_good.restore(f"epoch {epoch}: the parameters went non-finite in the epoch's last step")
+    try:  # in the model's dtype: an overflow there is a diverged run
+        return None if x_test is None else evaluate(model, x_test, seed=seed, float64_retry=False)["loss"]
+    except FloatingPointError as exc:
+        raise last_good.restore(f"epoch {epoch}: the test -ELBO went non-finite after the epoch's last step "
+                                f"({exc})") from None
+
+
+def _kl_weight(settings, steps_per_epoch, epochs):
+    """The function t -> the KL weight of the run's step t (t = 0, 1, ...): beta, rising
+    linearly from beta / warm-up steps during ``kl_warmup_epochs``; a warning when training
+    stops before the warm-up ends."""
+    beta, warmup_steps = settings["beta"], settings["kl_warmup_epochs"] * steps_per_epoch
+    if warmup_steps and epochs * steps_per_epoch < warmup_steps:
+        warnings.warn(f"kl_warmup_epochs: the KL weight rises to beta={beta:g} over {settings['kl_warmup_epochs']} "
+                      f"epochs, but training stops after epoch {epochs}, where it is "
+                      f"{beta * epochs * steps_per_epoch / warmup_steps:.3g}", stacklevel=3)
+    return lambda t: beta * min(1.0, (t + 1) / warmup_steps) if warmup_steps else beta
+
+
+def _check_arguments(model, x_train, x_test, epochs, callbacks, given, resume):
+    """fit's arguments checked, nothing changed: (epochs, settings, x_train, x_test)."""
+    epochs = check_int("epochs", epochs)
     if not isinstance(callbacks, (list, tuple)) or not all(callable(cb) for cb in callbacks):
         raise ValueError(f"callbacks: expected a list of functions cb(model, row), got {callbacks!r}")
-    settings = _resolve_settings(model, given, resume)
+    settings = resolve_settings(_given_optimizer(model, given, resume), model.train_state if resume else None)
     x_train = _check_rows("x_train", model, x_train)
     x_test = None if x_test is None else _check_rows("x_test", model, x_test)
     if settings["binarize"] != "none" and model.likelihood != "bernoulli":
         raise ValueError(f"binarize: expected 'none' for likelihood='gaussian', got {settings['binarize']!r}")
-    # Everything is checked: from here on the model changes.
+    return epochs, settings, x_train, x_test
+
+
+def _start(model, settings, optimizer, resume, x_train, x_test):
+    """Set ``model.train_state`` for this run (resumed, or new from the seed and the optimizer)
+    and binarize the data as the settings say: (state, x_train, x_test)."""
     if resume:
         state = model.train_state
         state.optimizer.lr = settings["lr"]
@@ -171,78 +272,9 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
         state = TrainState(optimizer=opt, data_rng=Generator(seeds.data), noise_rng=Generator(seeds.eps))
     state.settings = settings
     model.train_state = state
-
-    batch_size, beta, binarize, seed = (settings[k] for k in ("batch_size", "beta", "binarize", "seed"))
-    if binarize == "static":
-        x_train = _bernoulli_draw(x_train, Generator(streams(seed, TRAINING_STREAMS).static))
-    if x_test is not None:
-        x_test = binarize_test_set(x_test, binarize, seed)
-
-    be, xp = get_backend(), model.xp
-    n = int(x_train.shape[0])
-    steps_per_epoch = math.ceil(n / batch_size)
-    warmup_steps = settings["kl_warmup_epochs"] * steps_per_epoch
-    if warmup_steps and int(epochs) * steps_per_epoch < warmup_steps:
-        reached = beta * int(epochs) * steps_per_epoch / warmup_steps
-        warnings.warn(f"kl_warmup_epochs: the KL weight rises to beta={beta:g} over {settings['kl_warmup_epochs']} "
-                      f"epochs, but training stops after epoch {int(epochs)}, where it is {reached:.3g}",
-                      stacklevel=2)
-
-    last_good = _Snapshot(model, state)  # the end of the last epoch that ended finite
-    for epoch in range(state.epoch + 1, int(epochs) + 1):
-        start = time.perf_counter()
-        order = state.data_rng.permutation(n)
-        # per step: B * reconstruction, B * KL, B * beta_t; summed exactly (math.fsum) at the end
-        terms = {"reconstruction": [], "kl": [], "beta": [], "loss": [], "neg_elbo": []}
-        bar = _progress_bar(progress, steps_per_epoch, f"epoch {epoch}/{epochs}")
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : min((step + 1) * batch_size, n)]
-            xb = be.take_rows(x_train, idx)  # (B, D)
-            if binarize == "dynamic":
-                xb = _bernoulli_draw(xb, state.data_rng)
-            beta_t = beta * min(1.0, (state.step + 1) / warmup_steps) if warmup_steps else beta
-            eps = state.noise_rng.standard_normal((int(xb.shape[0]), model.latent_dim), dtype=model.dtype)
-            fwd = model.forward(xb, eps)
-            grads = model.backward(fwd, beta_t)
-            rec, kl = -float(xp.mean(fwd.log_p)), float(xp.mean(fwd.kl))
-            grad_sq = float(grads @ grads)
-            bad = [name for name, v in (("reconstruction", rec), ("KL", kl), ("gradient", grad_sq)) if not math.isfinite(v)]
-            if bad:
-                _close(bar)
-                raise last_good.restore(
-                    f"epoch {epoch}, step {step + 1} of {steps_per_epoch}: the {' and the '.join(bad)} "
-                    f"went non-finite (reconstruction {rec}, KL {kl}, squared gradient norm {grad_sq})")
-            state.optimizer.step(grads)
-            state.step += 1
-            b = int(xb.shape[0])
-            for key, value in (("reconstruction", rec), ("kl", kl), ("beta", beta_t), ("loss", rec + beta_t * kl),
-                               ("neg_elbo", rec + kl)):
-                terms[key].append(b * value)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({"-ELBO": f"{math.fsum(terms['neg_elbo']) / (step * batch_size + b):.2f}"},
-                                refresh=False)
-        _close(bar)
-        # The last step's update has not been looked at yet (with one step an epoch, none has).
-        if not bool(model.xp.all(model.xp.isfinite(model.params))):
-            raise last_good.restore(f"epoch {epoch}: the parameters went non-finite in the epoch's last step")
-        row = {"epoch": epoch, **{key: math.fsum(values) / n for key, values in terms.items()},
-               "lr": float(state.optimizer.lr), "test_loss": None}
-        if x_test is not None:
-            from .metrics import evaluate
-
-            try:  # in the model's dtype: an overflow there is a diverged run
-                row["test_loss"] = evaluate(model, x_test, seed=seed, float64_retry=False)["loss"]
-            except FloatingPointError as exc:
-                raise last_good.restore(f"epoch {epoch}: the test -ELBO went non-finite after the epoch's last step "
-                                        f"({exc})") from None
-        row["seconds"] = time.perf_counter() - start
-        state.history.append(row)
-        state.epoch = epoch
-        last_good = _Snapshot(model, state)
-        for callback in callbacks:
-            callback(model, row)
-    return state.history
+    if settings["binarize"] == "static":
+        x_train = _bernoulli_draw(x_train, Generator(streams(settings["seed"], TRAINING_STREAMS).static))
+    return state, x_train, None if x_test is None else binarize_test_set(x_test, settings["binarize"], settings["seed"])
 
 
 class _Snapshot:
@@ -275,61 +307,58 @@ class _Snapshot:
         return error
 
 
-def _resolve_settings(model, given, resume) -> dict:
-    """fit's settings: the ones given, else (resuming) the saved ones, else ``DEFAULTS``;
-    every one checked, nothing changed."""
-    optimizer = given["optimizer"]
-    if isinstance(optimizer, Optimizer):
-        if optimizer.params is not model.params:
-            raise ValueError("optimizer: expected an optimizer over this model's parameters (model.params), "
-                             "got one over another array (built for another model?)")
-        if given["lr"] is not None and float(given["lr"]) != optimizer.lr:
-            raise ValueError(f"lr: the optimizer object has lr {optimizer.lr:g}; set it there, got lr={given['lr']!r}")
-        given = {**given, "optimizer": optimizer.name, "lr": optimizer.lr}
-    elif optimizer is not None:
-        given = {**given, "optimizer": str(optimizer).lower()}
-    if resume:
-        state = getattr(model, "train_state", None)
-        if state is None or state.optimizer is None:
-            raise ValueError("resume: expected a model trained by fit() or loaded from a checkpoint, got a fresh model")
-        missing = [name for name in ("data_rng", "noise_rng") if getattr(state, name) is None]
-        if missing:
-            raise ValueError(f"resume: model.train_state.{missing[0]} is None; a run resumes from its random "
-                             "streams (fit() and npvae.load set them)")
-        if isinstance(optimizer, Optimizer) and optimizer is not state.optimizer:
-            raise ValueError("optimizer: resuming goes on with the saved optimizer state; pass its name "
-                             f"({state.optimizer.name!r}) or nothing, got a new {type(optimizer).__name__} object")
-        saved = {**DEFAULTS, **state.settings, "optimizer": state.optimizer.name, "lr": state.optimizer.lr}
+def resolve_settings(given, state=None) -> dict:
+    """fit's settings (``DEFAULTS``' keys): those given (not None), else those of ``state``,
+    the ``TrainState`` of a run being resumed, else ``DEFAULTS``; checked (``check_settings``).
+    Resuming, a given setting other than ``lr`` must be the saved one (or the saved one None):
+    the run goes on as it was saved. ``npvae train`` checks its flags with this too."""
+    base = DEFAULTS
+    if state is not None:
+        base = {**DEFAULTS, **state.settings, "optimizer": state.optimizer.name, "lr": state.optimizer.lr}
         for key, value in given.items():
-            if value is None or key == "lr" or saved[key] is None:
-                continue
-            if value != saved[key]:
-                if key == "optimizer":
-                    raise ValueError(f"optimizer: expected {saved[key]!r} to resume the saved state, got {value!r}")
-                raise ValueError(f"{key}: the run being resumed was trained with {saved[key]!r} and goes on with it "
+            if value is not None and key != "lr" and base[key] is not None and value != base[key]:
+                raise ValueError(f"{key}: the run being resumed was trained with {base[key]!r} and goes on with it "
                                  f"(start a new run to change it), got {value!r}")
-        base = saved
-    else:
-        base = DEFAULTS
-    settings = {key: base[key] if given[key] is None else given[key] for key in DEFAULTS}
-    _check_settings(settings)
-    return {**settings, "batch_size": int(settings["batch_size"]), "lr": float(settings["lr"]),
-            "beta": float(settings["beta"]), "kl_warmup_epochs": int(settings["kl_warmup_epochs"]),
-            "seed": int(settings["seed"])}
+    return check_settings({key: base[key] if given.get(key) is None else given[key] for key in DEFAULTS})
 
 
-def _check_settings(s):
-    check_int("batch_size", s["batch_size"])
-    check_int("kl_warmup_epochs", s["kl_warmup_epochs"], minimum=0)
-    check_int("seed", s["seed"], minimum=0)
-    check_real("beta", s["beta"], minimum=0)
-    check_real("lr", s["lr"], strictly_above=0)
-    if s["binarize"] not in BINARIZE:
-        raise ValueError(f"binarize: expected one of {BINARIZE}, got {s['binarize']!r}")
-    if s["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {tuple(OPTIMIZERS)}, got {s['optimizer']!r}")
-    if s["dataset"] is not None and not isinstance(s["dataset"], str):
-        raise ValueError(f"dataset: expected a name (a string) or None, got {s['dataset']!r}")
+def check_settings(settings) -> dict:
+    """``settings`` (``DEFAULTS``' keys) with plain Python numbers, or a ValueError naming the
+    setting, what was expected and what came."""
+    if not (isinstance(settings["binarize"], str) and settings["binarize"] in BINARIZE):
+        raise ValueError(f"binarize: expected one of {BINARIZE}, got {settings['binarize']!r}")
+    if not (isinstance(settings["optimizer"], str) and settings["optimizer"] in OPTIMIZERS):
+        raise ValueError(f"optimizer: expected one of {tuple(OPTIMIZERS)}, got {settings['optimizer']!r}")
+    if settings["dataset"] is not None and not isinstance(settings["dataset"], str):
+        raise ValueError(f"dataset: expected a name (a string) or None, got {settings['dataset']!r}")
+    return {**settings, "batch_size": check_int("batch_size", settings["batch_size"]),
+            "lr": check_real("lr", settings["lr"], strictly_above=0),
+            "beta": check_real("beta", settings["beta"], minimum=0),
+            "kl_warmup_epochs": check_int("kl_warmup_epochs", settings["kl_warmup_epochs"], minimum=0),
+            "seed": check_int("seed", settings["seed"], minimum=0)}
+
+
+def _given_optimizer(model, given, resume) -> dict:
+    """``given`` with an optimizer object replaced by its name and lr (it must be over
+    ``model.params``, and resuming, the saved one); refuses to resume a model with no run."""
+    optimizer, state = given["optimizer"], getattr(model, "train_state", None)
+    if resume and (state is None or state.optimizer is None):
+        raise ValueError("resume: expected a model trained by fit() or loaded from a checkpoint, got a fresh model")
+    missing = [name for name in ("data_rng", "noise_rng") if resume and getattr(state, name) is None]
+    if missing:
+        raise ValueError(f"resume: model.train_state.{missing[0]} is None; a run resumes from its random "
+                         "streams (fit() and npvae.load set them)")
+    if not isinstance(optimizer, Optimizer):
+        return given if optimizer is None else {**given, "optimizer": str(optimizer).lower()}
+    if optimizer.params is not model.params:
+        raise ValueError("optimizer: expected an optimizer over this model's parameters (model.params), "
+                         "got one over another array (built for another model?)")
+    if given["lr"] is not None and float(given["lr"]) != optimizer.lr:
+        raise ValueError(f"lr: the optimizer object has lr {optimizer.lr:g}; set it there, got lr={given['lr']!r}")
+    if resume and optimizer is not state.optimizer:
+        raise ValueError("optimizer: resuming goes on with the saved optimizer state; pass its name "
+                         f"({state.optimizer.name!r}) or nothing, got a new {type(optimizer).__name__} object")
+    return {**given, "optimizer": optimizer.name, "lr": optimizer.lr}
 
 
 def _check_rows(name, model, x):
@@ -342,11 +371,6 @@ def _check_rows(name, model, x):
     if int(x.shape[0]) == 0:
         raise ValueError(f"{name}: expected at least one row, got 0")
     return x
-
-
-def _close(bar):
-    if bar is not None:
-        bar.close()
 
 
 def binarize_test_set(x, binarize, seed):
@@ -366,8 +390,10 @@ def _bernoulli_draw(x, rng: Generator):
 
 
 def _progress_bar(progress, total, desc):
+    """A tqdm bar (a context manager that closes it) when ``progress`` and stderr is a
+    terminal, else one that gives None."""
     if not progress or not sys.stderr.isatty():
-        return None
+        return contextlib.nullcontext()
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)

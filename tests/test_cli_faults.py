@@ -104,6 +104,33 @@ def test_a_refused_resume_changes_no_file(run2, tmp_path, capsys):
     assert cli.main(["train", "--resume", str(out / "checkpoint.npz"), "--epochs", "3", "--no-progress"]) == 0
 
 
+@pytest.mark.parametrize("flag, value, saved, got", [
+    ("--kl-warmup-epochs", "3", "0", "3"), ("--binarize", "static", "'none'", "'static'"),
+    ("--batch-size", "128", "256", "128"), ("--dataset", "fashion-mnist", "'mnist-subset'", "'fashion-mnist'")])
+def test_a_refused_resume_names_the_flag_and_writes_nothing(run2, tmp_path, capsys, flag, value, saved, got):
+    # Step 10: one check of the resumed settings, fit's, its message naming the flag typed.
+    # Before: --kl-warmup-epochs was not a flag (argparse refused it).
+    out = copy_run(run2, tmp_path / "r")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(["train", "--resume", str(out / "checkpoint.npz"), flag, value, "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"npvae train: error: {flag}: the run being resumed was trained with {saved} and goes on with it "
+                   f"(start a new run to change it), got {got}\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_command_lines_choices_and_defaults_are_the_modules():
+    # Step 10: one source for each setting; --kl-warmup-epochs is fit's kl_warmup_epochs
+    # (--kl-warmup, its old name, still works).
+    train = next(a for a in cli.build_parser()._subparsers._actions if a.choices)._name_parser_map["train"]
+    choices = {action.dest: action.choices for action in train._actions if action.choices}
+    assert choices["likelihood"] is npvae.vae.LIKELIHOODS and choices["posterior"] is npvae.vae.POSTERIORS
+    assert choices["optimizer"] is npvae.optim.OPTIMIZERS and choices["binarize"] is npvae.train.BINARIZE
+    assert choices["dataset"] is npvae.datasets.NAMES and choices["activation"] is npvae.layers.ACTIVATIONS
+    for flag in ("--kl-warmup-epochs", "--kl-warmup"):
+        assert cli.build_parser().parse_args(["train", flag, "3"]).kl_warmup_epochs == 3
+
+
 # --- 5. --resume --lr is applied, and recorded truly ------------------------------------------
 def test_resume_with_a_new_lr_applies_it(run2, tmp_path):
     out = copy_run(run2, tmp_path / "r")
@@ -140,9 +167,12 @@ def test_a_checkpoint_that_does_not_name_its_data_asks_for_it(tmp_path, capsys):
     npvae.save(model, tmp_path / "checkpoint.npz")
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.npz"), "--k", "2"]) == 2
     assert "--dataset: " in capsys.readouterr().err
-    (tmp_path / "run.json").write_text("{not json")  # a broken run.json beside it is named
+    # Step 10: the checkpoint alone says which data it was trained on; a run.json beside it is
+    # not read (it was, for checkpoints of an unreleased format 1 that did not store the name).
+    (tmp_path / "run.json").write_text('{"settings": {"dataset": "mnist-subset"}}')
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.npz"), "--k", "2"]) == 2
-    assert f"{tmp_path / 'run.json'}: not a readable run.json" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"npvae evaluate: error: --dataset: {tmp_path / 'checkpoint.npz'} does not say "
+                                       "which data it was trained on; give --dataset\n")
 
 
 # --- 12. honest messages --------------------------------------------------------------------------

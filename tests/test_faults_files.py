@@ -206,8 +206,9 @@ def test_a_checkpoint_that_is_not_a_regular_file_is_refused_at_once(specials, ca
 
 @pytest.mark.parametrize("kind", ["FIFO (named pipe)", "socket"])
 def test_a_run_json_that_is_not_a_regular_file_is_refused_at_once(specials, tmp_path, capsys, kind):
-    # A checkpoint without the data set's name (arrays passed from Python) sends npvae to the
-    # run.json beside it. Before: a FIFO there hung npvae evaluate in open().
+    # A checkpoint without the data set's name (arrays passed from Python) sent npvae to the
+    # run.json beside it. Before: a FIFO there hung npvae evaluate in open(). Step 10: no
+    # run.json is read; npvae evaluate asks for --dataset at once.
     x, _ = toy_images(n=20, d=6, seed=5)
     model = npvae.VAE(6, (4,), 2, seed=1)
     npvae.fit(model, x, epochs=1, batch_size=10, progress=False)
@@ -217,7 +218,7 @@ def test_a_run_json_that_is_not_a_regular_file_is_refused_at_once(specials, tmp_
     with deadline():
         assert cli.main(["evaluate", "--checkpoint", str(ckpt)]) == 2
     err = one_line(capsys.readouterr().err)
-    assert err == f"npvae evaluate: error: {tmp_path / 'run.json'}: is a {kind}, not a run.json file"
+    assert err == f"npvae evaluate: error: --dataset: {ckpt} does not say which data it was trained on; give --dataset"
 
 
 # --- 15. zip bombs: compressed checkpoint members, oversized gzip IDX files -----------------

@@ -5,6 +5,7 @@ import pytest
 
 import npvae
 from npvae import train
+from npvae.random import TRAINING_STREAMS, Generator, streams
 from conftest import host, toy_images
 
 D = 36
@@ -48,6 +49,30 @@ def test_same_seed_same_history(data):
 def test_no_test_set_gives_none(data):
     history = npvae.fit(small_model(), data[0], epochs=1, progress=False)
     assert history[0]["test_loss"] is None
+
+
+def test_train_epoch_is_one_epoch_of_fit(data):
+    # fit = resume, rollback, the test -ELBO, progress and callbacks around train_epoch.
+    x_train, _ = data
+    fitted = small_model()
+    row = npvae.fit(fitted, x_train, epochs=1, batch_size=64, progress=False)[0]
+    model = small_model()
+    seeds = streams(0, TRAINING_STREAMS)
+    sums = train.train_epoch(model, npvae.optim.Adam(model.params), model.check_x(x_train), Generator(seeds.data),
+                             Generator(seeds.eps), batch_size=64, beta=1.0)
+    assert sums == {key: row[key] for key in ("reconstruction", "kl", "beta", "loss", "neg_elbo")}
+    np.testing.assert_array_equal(host(model.params), host(fitted.params))
+
+
+def test_check_settings_is_the_one_check_of_fits_settings():
+    # checkpoint.py and the CLI can call it: a ValueError naming the setting, else the settings
+    # with plain Python numbers.
+    settings = train.check_settings({**train.DEFAULTS, "batch_size": np.int64(64), "beta": np.float32(0.5)})
+    assert settings == {**train.DEFAULTS, "batch_size": 64, "beta": 0.5} and type(settings["batch_size"]) is int
+    with pytest.raises(ValueError, match=r"^kl_warmup_epochs: expected a non-negative integer, got 1.5$"):
+        train.check_settings({**train.DEFAULTS, "kl_warmup_epochs": 1.5})
+    with pytest.raises(ValueError, match=r"^optimizer: expected one of \('sgd', 'adagrad', 'adam'\), got \['adam'\]$"):
+        train.check_settings({**train.DEFAULTS, "optimizer": ["adam"]})
 
 
 def test_kl_warmup_ramps_beta_step_by_step(data):
@@ -129,7 +154,8 @@ def test_resume_needs_a_state_and_the_same_optimizer(data):
         npvae.fit(small_model(), data[0], epochs=1, resume=True)
     model = small_model()
     npvae.fit(model, data[0], epochs=1, progress=False)
-    with pytest.raises(ValueError, match=r"optimizer: expected 'adam' to resume the saved state, got 'sgd'"):
+    with pytest.raises(ValueError, match=r"optimizer: the run being resumed was trained with 'adam' and goes on "
+                                         r"with it \(start a new run to change it\), got 'sgd'"):
         npvae.fit(model, data[0], epochs=2, optimizer="sgd", resume=True)
 
 
@@ -229,7 +255,7 @@ def test_resume_takes_the_saved_settings_and_applies_a_new_lr(data):
 @pytest.mark.parametrize("kwargs, message", [
     ({"batch_size": 64}, r"batch_size: the run being resumed was trained with 50 and goes on with it"),
     ({"seed": 1}, r"seed: the run being resumed was trained with 4"),
-    ({"optimizer": "sgd"}, r"optimizer: expected 'adam' to resume the saved state, got 'sgd'"),
+    ({"optimizer": "sgd"}, r"optimizer: the run being resumed was trained with 'adam'"),
     ({"beta": 2.0}, r"beta: the run being resumed was trained with 1.0"),
 ])
 def test_a_refused_resume_changes_nothing(kwargs, message, data):
