@@ -11,8 +11,8 @@ T; arrays of mixed dtypes go to the textbook function):
 
 - ``distributions``: ``reparameterize`` and its backward, ``gaussian_kl`` and its backward,
   ``bernoulli_log_likelihood`` and its backward;
-- ``layers``: ``ReLU.backward``, ``Tanh.backward``, ``Dense.backward`` (dW, db written into
-  the flat gradient with ``out=``);
+- ``layers``: ``ReLU.backward``, ``Tanh.backward`` (``Dense.backward``: ``npvae.fast``'s one
+  for NumPy and CuPy);
 - ``optim.Adam.step``: the whole update in one kernel.
 
 (The Generator's draws reach the GPU through pinned memory: ``npvae.backend.PinnedUploads``,
@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 
 from .. import distributions as dist
-from ..layers import Dense, ReLU, Tanh
+from ..layers import ReLU, Tanh
 from ..optim import Adam
 from ..replaceable import register
 
@@ -114,14 +114,6 @@ def bernoulli_log_likelihood_backward(dlog_p, x, logits):
 # ---------------------------------------------------------------------------------------
 # layers
 # ---------------------------------------------------------------------------------------
-def dense_backward(self, dout, cache, need_dx=True):
-    cupy = importlib.import_module("cupy")
-    x = cache
-    cupy.matmul(x.T, dout, out=self.dW)  # dW = x^T @ dout, into the flat gradient
-    cupy.sum(dout, axis=0, out=self.db)  # db = sum_n dout_n
-    return dout @ self.W.T if need_dx else None
-
-
 def relu_backward(self, dout, cache):
     return _fused(lambda d, y: ReLU.backward.textbook(self, d, y), "relu_backward", dout, cache)
 
@@ -152,7 +144,6 @@ register(dist.gaussian_kl, "cupy", gaussian_kl)
 register(dist.gaussian_kl_backward, "cupy", gaussian_kl_backward)
 register(dist.bernoulli_log_likelihood, "cupy", bernoulli_log_likelihood)
 register(dist.bernoulli_log_likelihood_backward, "cupy", bernoulli_log_likelihood_backward)
-register(Dense.backward, "cupy", dense_backward)
 register(ReLU.backward, "cupy", relu_backward)
 register(Tanh.backward, "cupy", tanh_backward)
 register(Adam.step, "cupy", adam_step)
