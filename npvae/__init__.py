@@ -8,9 +8,11 @@ The teaching modules hold the math, each equation once, forward above backward:
 ``layers``, ``distributions``, ``vae``, ``optim`` (on top of ``backend``, ``random``,
 ``checks`` and ``replaceable``). Around them: ``train``, ``metrics``, ``datasets``,
 ``checkpoint``, ``plots``, ``gradcheck``, ``cli``. Above them all, ``npvae.fast`` replaces a
-few hot textbook functions by faster ones with the same results, for NumPy and CuPy arrays;
-``NPVAE_FAST=0`` (or ``with npvae.textbook(): ...``) runs exactly the textbook code;
-``NPVAE_FAST`` is checked first, and a value npvae does not know stops the import.
+few hot textbook functions by faster ones with the same results, for NumPy and CuPy arrays,
+in training; the notebooks, the graders and the math tests run the textbook code, and so
+does everything after ``npvae.textbook()`` (or in ``with npvae.textbook(): ...``, or with
+``NPVAE_FAST=0``). ``NPVAE_FAST`` is checked first, and a value npvae does not know stops the
+import.
 """
 
 import os

@@ -21,7 +21,8 @@ The pieces other modules use:
   ``to_numpy(a)``: back to a host NumPy array. These are the *edges*: data comes in through
   ``asarray``, plots and files go out through ``to_numpy``.
 - ``array_namespace(*arrays)``: the namespace arrays belong to, so a function runs
-  unchanged on any backend (random numbers live in ``npvae.random``).
+  unchanged on any backend (random numbers live in ``npvae.random``); ``library_of(a)``: the
+  name of an array's library ("numpy", "cupy", "array_api_strict"), None for a non-array.
 - the dtype policy: ``DEFAULT_DTYPE = "float32"`` for training; ``"float64"`` for checks.
 
 Switch in-process with ``set_backend("strict")`` (tests do), or read ``get_backend()``.
@@ -30,6 +31,7 @@ Switch in-process with ``set_backend("strict")`` (tests do), or read ``get_backe
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +95,7 @@ class Backend:
             return isinstance(a, np.ndarray)
         if self.name == "cupy":
             return isinstance(a, self.xp.ndarray)
-        return type(a).__module__.startswith("array_api_strict") and a.device == self.device
+        return library_of(a) == "array_api_strict" and a.device == self.device
 
     def astype(self, a, dtype):
         """``a`` converted to ``dtype`` (a name or a dtype object); no copy when it matches."""
@@ -102,6 +104,57 @@ class Backend:
     def take_rows(self, a, idx):
         """``a[idx]`` for a 1-D integer index array ``idx`` (the standard's ``take``)."""
         return self.xp.take(a, idx, axis=0)
+
+    def uploader(self):
+        """The function that puts a ``Generator``'s host draws (NumPy arrays) on the device."""
+        return self.asarray
+
+
+class CupyBackend(Backend):
+    """The CuPy backend: a Generator's draws reach the GPU through pinned memory."""
+
+    def uploader(self):
+        return PinnedUploads(self)
+
+
+class PinnedUploads:
+    """Host-to-GPU copies of a Generator's draws that do not make the host wait.
+
+    A copy from ordinary (pageable) host memory first waits until the GPU has finished all
+    the work queued before it; a training loop queues step i+1 while the GPU still runs step
+    i, so copying eps over stalled it at every step. A copy from page-locked ("pinned") host
+    memory is queued on the stream like a kernel instead. The host must not overwrite a
+    pinned buffer before its copy has run, so SLOTS buffers are used in turn, each with an
+    event recorded after its last copy; draws above MAX_BYTES (a whole data set's worth of
+    binarization noise) take the ordinary copy, to keep pinned memory small.
+    """
+
+    SLOTS = 4
+    MAX_BYTES = 1 << 22  # 4 MiB
+
+    def __init__(self, backend):
+        self.backend, self.cupy = backend, backend.xp
+        self.slots = [(None, None)] * self.SLOTS  # (pinned bytes, event after their last copy)
+        self.next = 0
+
+    def __call__(self, values: np.ndarray):
+        if not 0 < values.nbytes <= self.MAX_BYTES:
+            return self.backend.asarray(values)
+        cupy, i = self.cupy, self.next
+        self.next = (i + 1) % self.SLOTS
+        pinned, copied = self.slots[i]
+        if copied is not None:
+            copied.synchronize()  # its copy, SLOTS draws ago, has run: free to overwrite
+        if pinned is None or pinned.nbytes < values.nbytes:
+            pinned = np.frombuffer(cupy.cuda.alloc_pinned_memory(values.nbytes), np.uint8, values.nbytes)
+        staged = pinned[: values.nbytes].view(values.dtype).reshape(values.shape)
+        staged[...] = values
+        out = cupy.empty(values.shape, dtype=values.dtype)
+        out.set(staged, stream=cupy.cuda.get_current_stream())  # queued, not waited for
+        copied = cupy.cuda.Event(disable_timing=True)
+        copied.record()
+        self.slots[i] = (pinned, copied)
+        return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,7 +203,7 @@ def _make_cupy() -> Backend:
             f"NPVAE_BACKEND=cupy but CuPy cannot use a GPU here ({type(exc).__name__}: {exc}). "
             "Check `nvidia-smi` and the CUDA driver, or unset NPVAE_BACKEND to use NumPy."
         ) from exc
-    return Backend(
+    return CupyBackend(
         "cupy",
         cupy,
         device=cupy.cuda.Device(),
@@ -200,14 +253,27 @@ def asarray(a, dtype=None):
     return get_backend().asarray(a, dtype)
 
 
+_LIBRARIES: dict = {}  # type -> library_of's answer, learned on first sight
+
+
+def library_of(a) -> str | None:
+    """The name of the library of the array ``a``: "numpy", "cupy" or "array_api_strict" (the
+    top module of its type); None for anything that is not an array (a number, a NumPy scalar,
+    a list, a Backend)."""
+    kind = type(a)
+    library = _LIBRARIES.get(kind, "")
+    if library == "":
+        array = hasattr(kind, "__array_namespace__") and not issubclass(kind, numbers.Number)
+        library = _LIBRARIES[kind] = kind.__module__.split(".")[0] if array else None
+    return library
+
+
 def to_numpy(a) -> np.ndarray:
     """Any npvae array (NumPy, CuPy or array_api_strict) as a host NumPy array."""
-    if isinstance(a, np.ndarray):
-        return a
-    module = type(a).__module__.split(".")[0]
-    if module == "cupy":
+    library = library_of(a)
+    if library == "cupy":
         return a.get()
-    if module == "array_api_strict":
+    if library == "array_api_strict":
         import array_api_strict
 
         return np.asarray(a.to_device(array_api_strict.Device("CPU_DEVICE")))
@@ -224,7 +290,7 @@ def astype(a, dtype):
 
 def copy(a):
     """A copy of the array ``a`` on its own backend (the standard spells it asarray(copy=True))."""
-    if type(a).__module__.split(".")[0] == "array_api_strict":
+    if library_of(a) == "array_api_strict":
         return array_namespace(a).asarray(a, copy=True)
     return a.copy()
 
@@ -238,9 +304,7 @@ def array_namespace(*arrays):
     for a in arrays:
         if isinstance(a, np.ndarray):
             return np
-        module = type(a).__module__.split(".")[0]
-        if module == "cupy":
-            return importlib.import_module("cupy")
-        if module == "array_api_strict":
-            return importlib.import_module("array_api_strict")
+        library = library_of(a)
+        if library in ("cupy", "array_api_strict"):
+            return importlib.import_module(library)
     return get_backend().xp

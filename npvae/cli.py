@@ -192,7 +192,8 @@ def info() -> dict:
     fast = [name for name, libraries in active().items() if be.name in libraries]
     why = (f"NPVAE_FAST={os.environ.get('NPVAE_FAST', '').strip()}" if not FAST  # 0, off, false, no, any case
            else f"no fast paths for {be.name} arrays")
-    out["fast paths"] = ", ".join(fast) if fast else f"none: the textbook code runs ({why})"
+    out["fast paths"] = (f"{', '.join(fast)} (training; the notebooks, graders and math tests run the textbook code)"
+                         if fast else f"none: the textbook code runs ({why})")
     return out
 
 

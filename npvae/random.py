@@ -25,7 +25,6 @@ from types import SimpleNamespace
 import numpy as np
 
 from .backend import DEFAULT_DTYPE, Backend, get_backend
-from .replaceable import replaceable
 
 MODEL_STREAMS = ("init", "noise")
 TRAINING_STREAMS = ("data", "eps", "static", "test")
@@ -53,7 +52,7 @@ class Generator:
     def __init__(self, seed=None, backend: Backend | None = None):
         self.backend = backend or get_backend()
         self.host = np.random.default_rng(seed)
-        self._to_device = device_uploader(self.backend)
+        self._to_device = self.backend.uploader()  # CuPy's copies through pinned memory
 
     def standard_normal(self, shape, dtype=None):
         """Draws of N(0, 1) of the given shape, as ``dtype`` (default float32)."""
@@ -70,9 +69,3 @@ class Generator:
     def permutation(self, n: int):
         """A random permutation of ``0..n-1`` as an integer array on the backend."""
         return self._to_device(self.host.permutation(int(n)))
-
-
-@replaceable
-def device_uploader(backend):
-    """The function that moves a Generator's host draws onto ``backend``'s device."""
-    return backend.asarray

@@ -10,27 +10,38 @@ teaching modules never import) registers faster versions of them, one per array 
 
     register(gaussian_kl, "cupy", fused_kl)   # in npvae/fast/: the same KL, one GPU kernel
 
-A call looks at the library of its first array argument ("numpy", "cupy", ...) and runs the
-replacement registered for it, if any and if replacements are on; otherwise the textbook
-function runs. Replacements are off:
+A call looks at the library of its array arguments ("numpy", "cupy", ...; arrays of two
+libraries are refused with a TypeError) and runs the replacement registered for it, if any and
+if replacements are on; otherwise the textbook function runs. A replaced function says so: its
+docstring (what ``help()`` and ``?`` show) and its repr begin with the replacement's name.
+
+Replacements are on by default, for training (``npvae.fit``, ``npvae train``) and the
+benchmarks. Where a student works they are off: every notebook's setup cell calls
+``npvae.textbook()``, the exercise graders compare with ``fn.textbook`` (the function as
+written) inside ``textbook()``, and the math tests run inside it. They are off:
 
 - for the whole process when ``NPVAE_FAST=0`` (``npvae`` then never imports ``npvae.fast``,
   so nothing is registered and every step runs exactly the textbook code). ``NPVAE_FAST`` is
   read once, at import, by ``fast_setting``: ``1`` (the default, also when unset or empty) or
   ``0``; ``true``/``on``/``yes`` mean 1 and ``false``/``off``/``no`` mean 0 (any case, spaces
   around ignored). Any other value is refused: ``import npvae`` raises ValueError;
-- inside ``with textbook(): ...`` (``npvae.textbook()``), for the code in the block.
+- in the current context after ``npvae.textbook()`` (a notebook cell: the rest of the
+  session), or for a block: ``with npvae.textbook(): ...``. The switch is a ``ContextVar``:
+  other threads keep their own; ``npvae.textbook(False)`` turns the replacements back on.
 
-``active()`` lists what is registered. The tests check that every replacement equals its
-textbook function on the shapes and dtypes training uses.
+``active()`` lists what is registered and on. The tests check that every replacement equals
+its textbook function on the shapes and dtypes training uses.
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import functools
-import numbers
+import inspect
 import os
+import types
+
+from .backend import library_of
 
 FAST_ON = ("1", "true", "on", "yes")
 FAST_OFF = ("0", "false", "off", "no")
@@ -49,78 +60,105 @@ def fast_setting(value) -> bool:
 
 
 FAST = fast_setting(os.environ.get("NPVAE_FAST"))  # NPVAE_FAST, read once; a bad value stops the import
-_TABLE: dict = {}  # "module.function" -> {library name: replacement}
-_ON = [FAST]
+_ON = contextvars.ContextVar("npvae_replacements_on", default=FAST)
+_FUNCTIONS: dict = {}  # "module.function" -> its Replaceable
+_LIBRARY_NAMES = {"numpy": "NumPy", "cupy": "CuPy"}  # as the docstrings spell them; in this order
+
+
+class Replaceable:
+    """A textbook function (or method) marked ``@replaceable``: calling it runs the replacement
+    registered for the library of its arrays, if any and if the replacements are on here;
+    otherwise ``textbook``, the function as written."""
+
+    def __init__(self, fn):
+        functools.update_wrapper(self, fn)  # name, docstring, signature (through __wrapped__)
+        self.textbook = fn
+        self.replaceable_name = f"{fn.__module__.removeprefix('npvae.')}.{fn.__qualname__}"
+        self.replacements = {}  # library -> the function that runs instead
+        self.note = ""  # one line naming the replacements, at the top of the docstring and in the repr
+        _FUNCTIONS[self.replaceable_name] = self
+
+    def __call__(self, *args, **kwargs):
+        library = self.library(args, kwargs)
+        if self.replacements and _ON.get():
+            faster = self.replacements.get(library)
+            if faster is not None:
+                return faster(*args, **kwargs)
+        return self.textbook(*args, **kwargs)
+
+    def __get__(self, obj, owner=None):  # a method: layer.backward(...) passes the layer first
+        return self if obj is None else types.MethodType(self, obj)
+
+    def __repr__(self):
+        return f"<textbook function {self.replaceable_name}{': ' + self.note if self.note else ''}>"
+
+    def library(self, args, kwargs=None):
+        """The one library of the arrays among the arguments (None when there are none); a
+        TypeError, in one line, when they come from two libraries."""
+        found = None
+        for a in (*args, *kwargs.values()) if kwargs else args:
+            library = library_of(a)
+            if library is not None and library != found:
+                if found is not None:
+                    raise TypeError(f"{self.replaceable_name}: arrays of two libraries, "
+                                    f"{' and '.join(sorted((found, library)))}; put them on one backend (npvae.asarray)")
+                found = library
+        return found
+
+    def _describe(self):
+        """The note: which function runs instead, for which arrays, and how to run this code."""
+        rank = list(_LIBRARY_NAMES)
+        by_function = {}  # replacement -> the names of its libraries, NumPy first, then CuPy
+        for library in sorted(self.replacements, key=lambda lib: (rank.index(lib) if lib in rank else len(rank), lib)):
+            by_function.setdefault(self.replacements[library], []).append(_LIBRARY_NAMES.get(library, library))
+        if not by_function:
+            return ""
+        parts = [f"for {' and '.join(libraries)} arrays, {f.__module__}.{f.__qualname__}"
+                 for f, libraries in by_function.items()]
+        return (f"{parts[0][0].upper()}{parts[0][1:]} runs instead{''.join(', ' + p for p in parts[1:])} "
+                f"(the same results, faster); npvae.textbook() or NPVAE_FAST=0 runs this code.")
 
 
 def replaceable(fn):
-    """Mark ``fn`` as replaceable: the call runs ``fn`` unless a replacement is registered for
-    the library of its first array argument (see the module docstring)."""
-    name = f"{fn.__module__.removeprefix('npvae.')}.{fn.__qualname__}"
-    table = _TABLE.setdefault(name, {})
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        if table and _ON[0]:
-            faster = table.get(_library(args))
-            if faster is not None:
-                return faster(*args, **kwargs)
-        return fn(*args, **kwargs)
-
-    call.textbook = fn  # the function as written, always
-    call.replaceable_name = name
-    return call
+    """Mark ``fn`` as replaceable (see the module docstring)."""
+    return Replaceable(fn)
 
 
 def register(function, library, replacement):
     """Run ``replacement`` instead of the ``@replaceable`` ``function`` for arrays of
-    ``library`` ("numpy" or "cupy")."""
-    _TABLE[function.replaceable_name][library] = replacement
+    ``library`` ("numpy" or "cupy"); None removes the one registered. The function's
+    docstring and repr name what is registered."""
+    if replacement is None:
+        function.replacements.pop(library, None)
+    else:
+        function.replacements[library] = replacement
+    function.note = function._describe()
+    function.__doc__ = "\n\n".join(filter(None, (function.note, inspect.cleandoc(function.textbook.__doc__ or ""))))
 
 
 def replacement(function, library):
     """The function registered to replace ``function`` for ``library``, or None."""
-    return _TABLE[function.replaceable_name].get(library)
+    return function.replacements.get(library)
 
 
 def active() -> dict:
-    """{"module.function": [libraries with a replacement]} for what is registered and on."""
-    if not _ON[0]:
+    """{"module.function": [libraries with a replacement]} for what is registered and on here."""
+    if not _ON.get():
         return {}
-    return {name: sorted(libs) for name, libs in _TABLE.items() if libs}
+    return {name: sorted(f.replacements) for name, f in _FUNCTIONS.items() if f.replacements}
 
 
-@contextlib.contextmanager
-def textbook():
-    """``with npvae.textbook(): ...`` runs the block with every replacement off."""
-    before = _ON[0]
-    _ON[0] = False
-    try:
-        yield
-    finally:
-        _ON[0] = before
+class textbook:
+    """Turn npvae.fast's replacements off in the current context, so that every ``@replaceable``
+    function runs as written: ``npvae.textbook()`` for the rest of it (in a notebook: the
+    cells that follow), ``with npvae.textbook(): ...`` for a block. ``textbook(False)`` turns
+    them back on (unless NPVAE_FAST=0). Other threads are not affected."""
 
+    def __init__(self, on=True):
+        self._token = _ON.set(FAST and not on)
 
-_LIBRARIES: dict = {}  # type -> library name ("" for none), learned on first sight
+    def __enter__(self):
+        return self
 
-
-def _library(args) -> str | None:
-    """The library of the first array among ``args`` ("numpy", "cupy", "array_api_strict"),
-    or the name of the first ``npvae.backend.Backend`` among them."""
-    for a in args:
-        library = _LIBRARIES.get(type(a))
-        if library is None:
-            library = _LIBRARIES[type(a)] = _learn(type(a))
-        if library == "Backend":
-            return a.name  # npvae.backend.Backend: "numpy", "cupy" or "strict"
-        if library:
-            return library
-    return None
-
-
-def _learn(kind) -> str:
-    if issubclass(kind, numbers.Number):  # Python and NumPy scalars: not arrays, whatever they carry
-        return ""
-    if hasattr(kind, "__array_namespace__"):
-        return kind.__module__.split(".")[0]
-    return "Backend" if kind.__name__ == "Backend" else ""
+    def __exit__(self, *exc):
+        _ON.reset(self._token)

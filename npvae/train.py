@@ -149,6 +149,9 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
         resume=False, dataset=None) -> History:
     """Train ``model`` on ``x_train`` (N, D) by minibatch gradient descent on -ELBO.
 
+    Training runs npvae.fast's replacements (the same results, faster) unless NPVAE_FAST=0 or
+    inside ``npvae.textbook()``, as in the notebooks, where the textbook code runs.
+
     Args:
         model: an ``npvae.VAE``.
         x_train, x_test: (N, D) arrays (NumPy or the backend's), N >= 1; x_test is evaluated

@@ -69,3 +69,31 @@ def scale_dense_gradient(monkeypatch, name, factor):
         return dx
 
     monkeypatch.setattr(layers.Dense, "backward", wrong)
+
+
+# --- Step 10 item 1: the math tests run the textbook ---------------------------------------------
+# The gradient checks, the statistical tests and the properties of the teaching modules test the
+# code a student reads, whatever NPVAE_FAST says: their tests run inside ``npvae.textbook()``, as
+# does any test marked ``textbook``. Training tests (test_train, test_fast, ...) keep the
+# replacements that ``npvae.fit`` runs by default; test_fast compares the two.
+MATH_TESTS = ("test_layers", "test_distributions", "test_vae", "test_full_vae", "test_full_covariance",
+              "test_gradcheck", "test_optim", "test_metrics")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "textbook: runs with npvae's replacements off (npvae.textbook())")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in MATH_TESTS:
+            item.add_marker(pytest.mark.textbook)
+
+
+@pytest.fixture(autouse=True)
+def _textbook_where_marked(request):
+    if request.node.get_closest_marker("textbook") is None:
+        yield
+    else:
+        with npvae.textbook():
+            yield

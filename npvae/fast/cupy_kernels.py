@@ -11,11 +11,12 @@ T; arrays of mixed dtypes go to the textbook function):
 
 - ``distributions``: ``reparameterize`` and its backward, ``gaussian_kl`` and its backward,
   ``bernoulli_log_likelihood`` and its backward;
-- ``layers``: ``ReLU.backward``, ``Tanh.backward``, ``Dense.backward`` (dW, db written into
-  the flat gradient with ``out=``);
-- ``optim.Adam.step``: the whole update in one kernel;
-- ``random.device_uploader``: the Generator's draws go to the GPU through pinned memory
-  (``PinnedUploads``), so a copy does not wait for the GPU work queued before it.
+- ``layers``: ``ReLU.backward``, ``Tanh.backward`` (``Dense.backward``: ``npvae.fast``'s one
+  for NumPy and CuPy);
+- ``optim.Adam.step``: the whole update in one kernel.
+
+(The Generator's draws reach the GPU through pinned memory: ``npvae.backend.PinnedUploads``,
+the CuPy backend's own, whatever NPVAE_FAST says.)
 
 ``scripts/compile_cupy_kernels.py`` compiles every kernel body with NVRTC on a machine
 without a GPU; ``tests/test_gpu.py`` runs them on one.
@@ -25,11 +26,8 @@ from __future__ import annotations
 
 import importlib
 
-import numpy as np
-
 from .. import distributions as dist
-from .. import random as npvae_random
-from ..layers import Dense, ReLU, Tanh
+from ..layers import ReLU, Tanh
 from ..optim import Adam
 from ..replaceable import register
 
@@ -116,14 +114,6 @@ def bernoulli_log_likelihood_backward(dlog_p, x, logits):
 # ---------------------------------------------------------------------------------------
 # layers
 # ---------------------------------------------------------------------------------------
-def dense_backward(self, dout, cache, need_dx=True):
-    cupy = importlib.import_module("cupy")
-    x = cache
-    cupy.matmul(x.T, dout, out=self.dW)  # dW = x^T @ dout, into the flat gradient
-    cupy.sum(dout, axis=0, out=self.db)  # db = sum_n dout_n
-    return dout @ self.W.T if need_dx else None
-
-
 def relu_backward(self, dout, cache):
     return _fused(lambda d, y: ReLU.backward.textbook(self, d, y), "relu_backward", dout, cache)
 
@@ -148,57 +138,12 @@ def adam_step(self, grads):
                    self.params, self.m, self.v)
 
 
-# ---------------------------------------------------------------------------------------
-# random: the Generator's host-to-GPU copies
-# ---------------------------------------------------------------------------------------
-class PinnedUploads:
-    """Host-to-GPU copies of a Generator's draws that do not make the host wait.
-
-    A copy from ordinary (pageable) host memory first waits until the GPU has finished all
-    the work queued before it; a training loop queues step i+1 while the GPU still runs step
-    i, so copying eps over stalled it at every step. A copy from page-locked ("pinned") host
-    memory is queued on the stream like a kernel instead. The host must not overwrite a
-    pinned buffer before its copy has run, so SLOTS buffers are used in turn, each with an
-    event recorded after its last copy; draws above MAX_BYTES (a whole data set's worth of
-    binarization noise) take the ordinary copy, to keep pinned memory small.
-    """
-
-    SLOTS = 4
-    MAX_BYTES = 1 << 22  # 4 MiB
-
-    def __init__(self, backend):
-        self.backend, self.cupy = backend, backend.xp
-        self.slots = [(None, None)] * self.SLOTS  # (pinned bytes, event after their last copy)
-        self.next = 0
-
-    def __call__(self, values: np.ndarray):
-        if not 0 < values.nbytes <= self.MAX_BYTES:
-            return self.backend.asarray(values)
-        cupy, i = self.cupy, self.next
-        self.next = (i + 1) % self.SLOTS
-        pinned, copied = self.slots[i]
-        if copied is not None:
-            copied.synchronize()  # its copy, SLOTS draws ago, has run: free to overwrite
-        if pinned is None or pinned.nbytes < values.nbytes:
-            pinned = np.frombuffer(cupy.cuda.alloc_pinned_memory(values.nbytes), np.uint8, values.nbytes)
-        staged = pinned[: values.nbytes].view(values.dtype).reshape(values.shape)
-        staged[...] = values
-        out = cupy.empty(values.shape, dtype=values.dtype)
-        out.set(staged, stream=cupy.cuda.get_current_stream())  # queued, not waited for
-        copied = cupy.cuda.Event(disable_timing=True)
-        copied.record()
-        self.slots[i] = (pinned, copied)
-        return out
-
-
 register(dist.reparameterize, "cupy", reparameterize)
 register(dist.reparameterize_backward, "cupy", reparameterize_backward)
 register(dist.gaussian_kl, "cupy", gaussian_kl)
 register(dist.gaussian_kl_backward, "cupy", gaussian_kl_backward)
 register(dist.bernoulli_log_likelihood, "cupy", bernoulli_log_likelihood)
 register(dist.bernoulli_log_likelihood_backward, "cupy", bernoulli_log_likelihood_backward)
-register(Dense.backward, "cupy", dense_backward)
 register(ReLU.backward, "cupy", relu_backward)
 register(Tanh.backward, "cupy", tanh_backward)
 register(Adam.step, "cupy", adam_step)
-register(npvae_random.device_uploader, "cupy", PinnedUploads)

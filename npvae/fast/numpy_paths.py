@@ -5,8 +5,6 @@ Registered for NumPy arrays (``npvae.replaceable.register``):
 =====================================  ==============================================
 textbook function                      what this version does differently
 =====================================  ==============================================
-``layers.Dense.backward``              writes dW and db straight into the flat
-                                       gradient (``out=``), no temporary
 ``layers.ReLU.backward``               multiplies by the boolean mask as it is
                                        (no float copy of the mask)
 ``distributions.bernoulli_log_likelihood``   the row sums as matrix-vector products, in
@@ -17,6 +15,8 @@ textbook function                      what this version does differently
                                        vectors, and a periodic flush of subnormal
                                        moments
 =====================================  ==============================================
+
+(``layers.Dense.backward``: ``npvae.fast``'s one for NumPy and CuPy.)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import distributions as dist
-from ..layers import Dense, ReLU
+from ..layers import ReLU
 from ..optim import Adam
 from ..replaceable import register
 
@@ -41,13 +41,6 @@ FLUSH_EVERY = 100  # Adam steps between flushes of subnormal-bound moments
 # ---------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------
-def dense_backward(self, dout, cache, need_dx=True):
-    x = cache
-    np.matmul(x.T, dout, out=self.dW)  # dW = x^T @ dout, into the flat gradient
-    np.sum(dout, axis=0, out=self.db)  # db = sum_n dout_n
-    return dout @ self.W.T if need_dx else None
-
-
 def relu_backward(self, dout, cache):
     return np.multiply(dout, cache > 0)  # the boolean mask goes into the multiply as it is
 
@@ -145,7 +138,6 @@ def _flush_subnormal_bound(a, threshold):
     np.copyto(a, 0.0, where=np.abs(a) < threshold)
 
 
-register(Dense.backward, "numpy", dense_backward)
 register(ReLU.backward, "numpy", relu_backward)
 register(dist.bernoulli_log_likelihood, "numpy", bernoulli_log_likelihood)
 register(dist.bernoulli_log_likelihood_backward, "numpy", bernoulli_log_likelihood_backward)

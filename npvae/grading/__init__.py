@@ -2,10 +2,11 @@
 
 Each notebook that has exercises has a module here (``nb02``, ``nb03``, ...) with one
 ``check_<function>(student_function)`` per exercise. A check runs the student's function on
-random inputs and compares it with npvae's own function, runs a gradient check (central
-differences, float64) where the function is a backward, and a statistical test where it is a
-sampler. It prints one line when everything holds, and otherwise raises ``ExerciseFailed``
-with what is wrong in words (for example "you used exp(logvar) as the standard deviation").
+random inputs and compares it with npvae's own function as written (``fn.textbook``, never
+a replacement from ``npvae.fast``), runs a gradient check (central differences, float64)
+where the function is a backward, and a statistical test where it is a sampler. It prints
+one line when everything holds, and otherwise raises ``ExerciseFailed`` with what is wrong in
+words (for example "you used exp(logvar) as the standard deviation").
 
 The helpers below are what the checks share.
 """

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_namespace, asarray
-from ..distributions import reparameterize as np_reparameterize
-from ..distributions import reparameterize_backward as np_reparameterize_backward
+from .. import distributions as dist
 from . import call, compare, fail, gradient_check, host, inputs, passed
 
 REPARAM_EX = "02.1"
@@ -72,7 +71,7 @@ def check_reparameterize(reparameterize):
     ex = REPARAM_EX
     mu, logvar, eps = inputs(201, (6, 5), (6, 5), (6, 5))  # logvar in [-2, 2): sigma and sigma^2 differ
     got = host(call(ex, reparameterize, mu, logvar, eps), ex, "z")
-    want = host(np_reparameterize(mu, logvar, eps))
+    want = host(dist.reparameterize.textbook(mu, logvar, eps))
     m, lv, e = (host(a) for a in (mu, logvar, eps))
     if got.shape != want.shape:
         fail(ex, f"z: expected shape {want.shape} (one z per entry of eps), got {got.shape}")
@@ -143,7 +142,7 @@ def check_reparameterize_backward(reparameterize_backward):
         fail(ex, "two calls with the same (dz, logvar, eps) gave different gradients: your backward draws new "
                  "noise. It must use the eps passed in, the one the forward pass used: with a fresh eps the "
                  "gradient belongs to a z that the forward pass never computed")
-    want_mu, want_lv = (host(a) for a in np_reparameterize_backward(dz, logvar, eps))
+    want_mu, want_lv = (host(a) for a in dist.reparameterize_backward.textbook(dz, logvar, eps))
     for got, want, what in ((dmu, want_mu, "dmu"), (dlv, want_lv, "dlogvar")):
         if got.shape != want.shape:
             fail(ex, f"{what}: expected shape {want.shape} (dz's), got {got.shape}")
@@ -163,7 +162,7 @@ def check_reparameterize_backward(reparameterize_backward):
     xp = array_namespace(dz)
 
     def f():
-        return float(xp.sum(dz * np_reparameterize(mu, logvar, eps)))
+        return float(xp.sum(dz * dist.reparameterize.textbook(mu, logvar, eps)))
 
     errs = [gradient_check(ex, f, x, got, what, rtol=GRAD_TOL, of="sum(dz * z), z = mu + exp(logvar / 2) * eps")
             for got, x, what in ((dmu, mu, "dmu"), (dlv, logvar, "dlogvar"))]

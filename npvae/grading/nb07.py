@@ -42,7 +42,7 @@ def _dense_reference(dout, x, W):
     layer = Dense(d_in, d_out)
     layer.W, layer.b = W, be.zeros((d_out,), "float64")
     layer.dW, layer.db = be.zeros((d_in, d_out), "float64"), be.zeros((d_out,), "float64")
-    dx = layer.backward(dout, x)  # writes layer.dW and layer.db, returns dx
+    dx = Dense.backward.textbook(layer, dout, x)  # writes layer.dW and layer.db, returns dx
     return host(dx), host(layer.dW), host(layer.db)
 
 
@@ -190,7 +190,7 @@ def _adam_run(adam_step, what, hyper, pass_hyper, seed):
         if not (isinstance(result, (tuple, list)) and len(result) == 3):
             fail(ADAM_EX, f"adam_step should return (params, m, v), the three updated arrays; got {type(result).__name__}")
         got = [np.array(host(a, ADAM_EX, name)) for a, name in zip(result, ("params", "m", "v"))]
-        ref.step(g)
+        Adam.step.textbook(ref, g)
         want = [np.array(host(a)) for a in (ref.params, ref.m, ref.v)]
         for a, b_, name in zip(got, want, ("params", "m", "v")):
             if a.shape != b_.shape:
