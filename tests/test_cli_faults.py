@@ -2,7 +2,6 @@
 --out, a refused resume, Ctrl-C at awkward moments, a checkpoint without its run.json, sizes
 typed wrong. Each test failed on the code before its fix."""
 
-import csv
 import json
 import os
 import shutil
@@ -13,22 +12,7 @@ import pytest
 
 import npvae
 from npvae import cli, plots
-from conftest import EXPECTED_BACKEND
-
-SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--no-progress"]
-
-
-def history_rows(path):
-    with open(path) as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
-
-
-@pytest.fixture(scope="module")
-def run2(tmp_path_factory):
-    """A finished 2-epoch run (Z = 2, so it has manifold.png), to copy from."""
-    out = tmp_path_factory.mktemp("run2") / "run"
-    assert cli.main(["train", "--epochs", "2", "--out", str(out), *SMALL]) == 0
-    return out
+from conftest import EXPECTED_BACKEND, SMALL, history_rows
 
 
 def copy_run(run, dest, names=("checkpoint.npz", "run.json", "history.csv")):

@@ -151,7 +151,6 @@ def test_sample_grid_draws_every_image_at_full_size(checkpoint_784):
 
 def test_sample_4096_stays_in_bounded_memory(checkpoint_784, tmp_path):
     # The largest grid allowed, measured: its peak resident memory (about 0.4 GB) in a child.
-    import resource
     import subprocess
     import sys
 

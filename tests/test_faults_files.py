@@ -22,19 +22,11 @@ import numpy as np
 import pytest
 
 import npvae
-from npvae import checkpoint, cli, datasets
+from npvae import cli, datasets
 from npvae.checkpoint import CheckpointError
 from npvae.datasets import DatasetError
-from conftest import toy_images
+from conftest import SMALL, one_line, toy_images
 from test_datasets import FILE_NAMES, idx_bytes, isolated, make_fake, server, synthetic, write  # noqa: F401
-
-SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--no-progress"]
-
-
-def one_line(text):
-    lines = text.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
 
 
 # --- 5. an empty --data-dir, a mistyped $NPVAE_DATA; where the data came from ------------------

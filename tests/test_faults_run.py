@@ -3,7 +3,6 @@ of figures is refused, Ctrl-C and SIGTERM anywhere are one line, write errors sa
 and how to go on, and the history's names are honest. Each test failed on the code before."""
 
 import errno
-import json
 import os
 import shlex
 import shutil
@@ -17,8 +16,8 @@ import pytest
 
 import npvae
 from npvae import checkpoint, cli, datasets, train
+from conftest import SMALL, one_line
 
-SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--no-progress"]
 CKPT = "checkpoint.npz"
 
 
@@ -33,12 +32,6 @@ def run1(tmp_path_factory):
 def copy_run(run, dest):
     shutil.copytree(run, dest)
     return dest
-
-
-def one_line(err):
-    err = err.strip()
-    assert err and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def python(code, *args, env=None, **kwargs):
@@ -121,24 +114,25 @@ def test_a_folder_holding_only_figures_is_refused(tmp_path, capsys, names):
 
 
 # --- 9. Ctrl-C and SIGTERM anywhere ---------------------------------------------------------------
-def wait_for(proc, text):
-    """Read proc's stdout until a line holds ``text``."""
-    for line in proc.stdout:
-        if text in line:
-            return line
-    raise AssertionError(f"no line with {text!r}; stderr: {proc.stderr.read()}")
+def signal_once(proc, text, signum):
+    """Send ``signum`` to ``proc`` once a line of its stdout holds ``text``; its stderr, when it
+    has ended."""
+    try:
+        if not any(text in line for line in proc.stdout):
+            raise AssertionError(f"no line with {text!r}; stderr: {proc.stderr.read()}")
+        proc.send_signal(signum)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+
+
+CLI = "import sys; from npvae.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def test_sigterm_during_training_saves_and_says_so(tmp_path):
     out = tmp_path / "r"
-    proc = python("import sys; from npvae.cli import main; sys.exit(main(sys.argv[1:]))",
-                  "train", "--epochs", "200", "--out", str(out), *SMALL)
-    try:
-        wait_for(proc, "epoch   1/200")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    proc = python(CLI, "train", "--epochs", "200", "--out", str(out), *SMALL)
+    err = signal_once(proc, "epoch   1/200", signal.SIGTERM)
     assert proc.returncode == 143, err
     err = one_line(err)
     assert err.startswith("npvae train: terminated (SIGTERM)") and f"saved in {out / CKPT}" in err
@@ -148,14 +142,8 @@ def test_sigterm_during_training_saves_and_says_so(tmp_path):
 
 
 def test_ctrl_c_during_gradcheck_is_one_line_and_130():
-    proc = python("import sys; from npvae.cli import main; sys.exit(main(sys.argv[1:]))",
-                  "gradcheck", "--input-dim", "784", "--hidden", "400", "--latent-dim", "20", "--batch-size", "64")
-    try:
-        wait_for(proc, "tolerance")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    proc = python(CLI, "gradcheck", "--input-dim", "784", "--hidden", "400", "--latent-dim", "20", "--batch-size", "64")
+    err = signal_once(proc, "tolerance", signal.SIGINT)
     assert proc.returncode == 130, err
     assert one_line(err) == "npvae gradcheck: interrupted"
 
