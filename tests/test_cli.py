@@ -50,6 +50,7 @@ def test_bad_arguments_give_one_line_and_status_2(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_a_bad_backend_without_traceback():
     env = {**os.environ, "NPVAE_BACKEND": "tpu"}
     proc = subprocess.run([sys.executable, "-m", "npvae", "info"], capture_output=True, text=True, env=env, timeout=60)
@@ -64,6 +65,7 @@ def test_python_dash_m_and_a_bad_backend_without_traceback():
 
 
 # --- train, sample, evaluate (run2: a 2-epoch run, see conftest.py) --------------------------
+@pytest.mark.slow
 def test_train_writes_everything(run2):
     names = {p.name for p in run2.iterdir()}
     assert names == {"checkpoint.npz", "history.csv", "run.json", "loss.png", "reconstructions.png",
@@ -76,6 +78,7 @@ def test_train_writes_everything(run2):
     assert run["backend"] == EXPECTED_BACKEND
 
 
+@pytest.mark.slow
 def test_train_prints_epochs_and_where_files_are(tmp_path, capsys):
     assert cli.main(["train", "--epochs", "1", "--out", str(tmp_path / "r"), *SMALL]) == 0
     out = capsys.readouterr().out
@@ -84,6 +87,7 @@ def test_train_prints_epochs_and_where_files_are(tmp_path, capsys):
     assert str(tmp_path / "r" / "manifold.png") in out
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(run2, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -95,6 +99,7 @@ def test_resume_continues_the_same_run(run2, tmp_path):
     assert history_rows(resumed / "history.csv") == history_rows(straight / "history.csv")
 
 
+@pytest.mark.slow
 def test_sample_and_evaluate(run2, tmp_path, capsys):
     png = tmp_path / "grid.png"
     assert cli.main(["sample", "--checkpoint", str(run2 / "checkpoint.npz"), "--n", "16", "--out", str(png)]) == 0
@@ -110,6 +115,7 @@ def test_sample_and_evaluate(run2, tmp_path, capsys):
     assert "active units" in out and "of 2" in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     original = layers.Dense.backward
@@ -131,6 +137,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path, monkeypatc
     assert npvae.load(out / "checkpoint.npz").train_state.epoch == 1
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 def test_diverging_training_exits_1(tmp_path, capsys):
     args = ["train", "--epochs", "2", "--likelihood", "gaussian", "--optimizer", "sgd", "--lr", "1000",

@@ -116,6 +116,7 @@ def run_until_error(nb, stop_after):
     return None, None
 
 
+@pytest.mark.slow
 @numpy_only
 @pytest.mark.parametrize("path, exercise", ALL, ids=[e for _, e in ALL])
 def test_a_wrong_answer_fails_at_its_own_grader(path, exercise):

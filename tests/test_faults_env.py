@@ -43,6 +43,7 @@ def test_npvae_fast_refuses_other_values(value):
         replaceable.fast_setting(value)
 
 
+@pytest.mark.slow
 def test_npvae_fast_maybe_is_refused_at_import_and_by_the_command_in_one_line():
     imported = run_python(["-c", "import npvae"], NPVAE_FAST="maybe")
     assert imported.returncode != 0
@@ -54,6 +55,7 @@ def test_npvae_fast_maybe_is_refused_at_import_and_by_the_command_in_one_line():
     assert "got 'maybe'" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0 ", "off"])
 def test_npvae_fast_off_whatever_the_spelling_and_info_says_why(value):
     code = "import sys, npvae; from npvae import cli; print('npvae.fast' in sys.modules); print(cli.info()['fast paths'])"
@@ -175,6 +177,7 @@ def errors_of_a_full_run(nb):
 WITH_EXERCISES = [p for p in NOTEBOOKS if exercises_in(read_notebook(p))]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXPECTED_BACKEND != "numpy" or not replaceable.FAST,
                     reason="run once, on NumPy with the default setting: the stubs are backend-free")
 @pytest.mark.parametrize("path", WITH_EXERCISES, ids=[p.name for p in WITH_EXERCISES])
@@ -188,6 +191,7 @@ def test_a_student_copy_ends_each_stub_in_one_not_implemented_error(path):
         assert at in (index, index + 1), f"exercise {exercise} (cell {index}) stopped cell {at}: {name}: {value}"
 
 
+@pytest.mark.slow
 def test_skipping_the_challenge_08_2_leaves_the_rest_of_08_running():
     original = read_notebook(NOTEBOOK_08)
     challenge = dict(exercises_in(original))["08.2"]

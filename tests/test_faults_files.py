@@ -314,6 +314,7 @@ def test_the_backend_switch_message_gives_the_real_save_call(tmp_path, use_backe
                     assert "model.save(" not in f.read(), os.path.join(folder, name)
 
 
+@pytest.mark.slow
 def test_npvae_train_and_evaluate_print_where_the_data_came_from(tmp_path, capsys):
     # Item 5: the run says which file or folder its data was read from (before: only its name).
     from npvae import cli

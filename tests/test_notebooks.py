@@ -56,6 +56,7 @@ def test_notebook_follows_the_conventions(path):
         "the last cell should be a markdown 'Try it' exercise"
 
 
+@pytest.mark.slow
 @by_name
 def test_notebook_runs(path):
     nb = read_notebook(path)
