@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import load_data  # noqa: E402  (a sibling script, not a package)
+from _common import machine  # noqa: E402  (sibling modules, not a package)
+from bench_train import load_data  # noqa: E402
 from reference_torch import make_torch_vae  # noqa: E402
 
 
@@ -158,9 +158,7 @@ def main(argv=None):
             p.error(f"--{name}: expected a positive integer, got {getattr(args, name)}")
 
     x_host, data = load_data()
-    import numpy as np
-
-    print(f"python {platform.python_version()}, numpy {np.__version__}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"machine: {machine()}")
     print(f"data: {data}; model 784-400-20, Adam 1e-3, float32; {args.steps} timed steps x {args.repeats}, "
           f"after {args.warmup} warm-up steps; timer: {'CUDA events' if args.device == 'cuda' else 'wall clock'}")
     frameworks = {"npvae": npvae_runner}

@@ -29,11 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from _common import machine  # benchmarks/, this script's folder
 
 HERE = os.path.abspath(__file__)
 
@@ -266,19 +267,6 @@ class Worker:
         out = [json.loads(line) for line in self.proc.stdout.read().splitlines() if line.strip()]
         self.proc.wait()
         return out
-
-
-def machine():
-    import numpy as np
-
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}; "
-            f"{time.strftime('%Y-%m-%d')}")
 
 
 def run(args):

@@ -38,29 +38,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
-
 import npvae  # noqa: E402
+from _common import machine  # noqa: E402  (benchmarks/, this script's folder)
 
 POSTERIORS = ("diagonal", "full")
-
-
-def machine():
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}, "
-            f"npvae {npvae.__version__} (backend {npvae.get_backend().name}); {time.strftime('%Y-%m-%d %H:%M %Z')}")
 
 
 def load_average():
@@ -132,7 +119,7 @@ def main():
     args = parser.parse_args()
 
     wall, cpu_start = time.perf_counter(), cpu_counters()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine(f', npvae {npvae.__version__} (backend {npvae.get_backend().name})')}")
     print(f"at start: {load_average()}")
     print(f"model 784-400-Z, ReLU, Bernoulli, Adam 1e-3, batch 128, float32; {args.epochs} epochs; "
           f"seeds {' '.join(map(str, args.seeds))}")

@@ -1,8 +1,13 @@
-"""Shared fixtures. The suite runs on the backend named by NPVAE_BACKEND (numpy by default);
-`.ci/run` runs it twice, on numpy and on strict."""
+"""Shared fixtures and helpers. The suite runs on the backend named by NPVAE_BACKEND (numpy by
+default); `.ci/run` runs it on numpy, on strict, and on numpy with NPVAE_FAST=0. Tests marked
+``slow`` (notebook runs, `npvae train` runs, subprocesses) are left out by `pytest -m "not slow"`."""
 
+import csv
 import os
+from pathlib import Path
 
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
@@ -16,6 +21,10 @@ settings.register_profile(
 settings.load_profile("npvae")
 
 EXPECTED_BACKEND = (os.environ.get("NPVAE_BACKEND") or "numpy").strip().lower()
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+# A tiny model for `npvae train` runs on the embedded digits: about a second an epoch.
+SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--no-progress"]
 
 
 @pytest.fixture
@@ -46,6 +55,62 @@ def rng():
 def host(a):
     """Any array as a float64 NumPy array, for comparisons in tests."""
     return np.asarray(npvae.to_numpy(a), dtype=np.float64)
+
+
+def on_backend(*arrays):
+    """Host arrays as float64 arrays of the active backend."""
+    return [npvae.asarray(np.asarray(a, dtype=np.float64), "float64") for a in arrays]
+
+
+def values(shape, lo=-3.0, hi=3.0):
+    """A hypothesis strategy: float64 host arrays of ``shape`` with entries in [lo, hi]."""
+    return hnp.arrays(np.float64, shape, elements=st.floats(lo, hi, allow_nan=False))
+
+
+def weighted_sum(a, w):
+    """sum(a * w): a scalar whose gradient with respect to a is w."""
+    return float(backend.get_backend().xp.sum(a * w))
+
+
+def joined(*grads):
+    """Gradients as one host vector. The finite differences of a function carry rounding noise
+    of about 1e-16 * |f| / h in every entry, so with |mu| up to 1e3 (|f| up to 1e6) a gradient
+    entry of 1e-3 is below the noise; the check is relative to the largest entry of all the
+    gradients together, as when they are one parameter vector."""
+    return np.concatenate([host(g).ravel() for g in grads])
+
+
+def one_line(text):
+    """``text`` (stderr, an error message, or pytest's ExceptionInfo of an error), stripped,
+    after checking that it is one line and no traceback."""
+    if isinstance(text, pytest.ExceptionInfo):
+        text = str(text.value)
+    text = text.strip()
+    assert text and "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+def history_rows(path):
+    """The rows of a run's history.csv, less the "seconds" column (no two runs share it)."""
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def read_notebook(path):
+    import nbformat
+
+    return nbformat.read(str(path), as_version=4)
+
+
+@pytest.fixture(scope="session")
+def run2(tmp_path_factory):
+    """A finished 2-epoch `npvae train` run with SMALL (Z = 2, so it has manifold.png), to read
+    or copy from; no test changes it."""
+    from npvae import cli
+
+    out = tmp_path_factory.mktemp("run2") / "run"
+    assert cli.main(["train", "--epochs", "2", "--out", str(out), *SMALL]) == 0
+    return out
 
 
 def toy_images(n=300, d=36, classes=4, seed=0):

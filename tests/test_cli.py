@@ -1,5 +1,6 @@
-"""The command line: npvae info and npvae gradcheck."""
+"""The command line: npvae info, gradcheck, train, sample and evaluate."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from npvae import cli, layers
-from conftest import EXPECTED_BACKEND, scale_dense_gradient
+from conftest import EXPECTED_BACKEND, SMALL, history_rows, scale_dense_gradient
 
 
 def test_info(capsys):
@@ -49,6 +50,7 @@ def test_bad_arguments_give_one_line_and_status_2(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_a_bad_backend_without_traceback():
     env = {**os.environ, "NPVAE_BACKEND": "tpu"}
     proc = subprocess.run([sys.executable, "-m", "npvae", "info"], capture_output=True, text=True, env=env, timeout=60)
@@ -62,37 +64,21 @@ def test_python_dash_m_and_a_bad_backend_without_traceback():
     assert "PASS" in ok.stdout
 
 
-# --- train, sample, evaluate ---------------------------------------------------------------
-import csv  # noqa: E402
-import json  # noqa: E402
-
-SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--no-progress"]
-
-
-def read_history(path):
-    with open(path) as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert cli.main(["train", "--epochs", "2", "--out", str(out), *SMALL]) == 0
-    return out
-
-
-def test_train_writes_everything(run_dir):
-    names = {p.name for p in run_dir.iterdir()}
+# --- train, sample, evaluate (run2: a 2-epoch run, see conftest.py) --------------------------
+@pytest.mark.slow
+def test_train_writes_everything(run2):
+    names = {p.name for p in run2.iterdir()}
     assert names == {"checkpoint.npz", "history.csv", "run.json", "loss.png", "reconstructions.png",
                      "samples.png", "latent.png", "manifold.png"}
-    for png in run_dir.glob("*.png"):
+    for png in run2.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(read_history(run_dir / "history.csv")) == 2
-    run = json.loads((run_dir / "run.json").read_text())
+    assert len(history_rows(run2 / "history.csv")) == 2
+    run = json.loads((run2 / "run.json").read_text())
     assert run["settings"]["dataset"] == "mnist-subset" and run["settings"]["hidden"] == [16]
     assert run["backend"] == EXPECTED_BACKEND
 
 
+@pytest.mark.slow
 def test_train_prints_epochs_and_where_files_are(tmp_path, capsys):
     assert cli.main(["train", "--epochs", "1", "--out", str(tmp_path / "r"), *SMALL]) == 0
     out = capsys.readouterr().out
@@ -101,23 +87,25 @@ def test_train_prints_epochs_and_where_files_are(tmp_path, capsys):
     assert str(tmp_path / "r" / "manifold.png") in out
 
 
-def test_resume_continues_the_same_run(run_dir, tmp_path):
+@pytest.mark.slow
+def test_resume_continues_the_same_run(run2, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     for name in ("checkpoint.npz", "run.json"):
-        (resumed / name).write_bytes((run_dir / name).read_bytes())
+        (resumed / name).write_bytes((run2 / name).read_bytes())
     assert cli.main(["train", "--resume", str(resumed / "checkpoint.npz"), "--epochs", "3", "--no-progress"]) == 0
     straight = tmp_path / "straight"
     assert cli.main(["train", "--epochs", "3", "--out", str(straight), *SMALL]) == 0
-    assert read_history(resumed / "history.csv") == read_history(straight / "history.csv")
+    assert history_rows(resumed / "history.csv") == history_rows(straight / "history.csv")
 
 
-def test_sample_and_evaluate(run_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_sample_and_evaluate(run2, tmp_path, capsys):
     png = tmp_path / "grid.png"
-    assert cli.main(["sample", "--checkpoint", str(run_dir / "checkpoint.npz"), "--n", "16", "--out", str(png)]) == 0
+    assert cli.main(["sample", "--checkpoint", str(run2 / "checkpoint.npz"), "--n", "16", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
-    assert cli.main(["evaluate", "--checkpoint", str(run_dir / "checkpoint.npz"), "--k", "20", "--limit", "100"]) == 0
+    assert cli.main(["evaluate", "--checkpoint", str(run2 / "checkpoint.npz"), "--k", "20", "--limit", "100"]) == 0
     out = capsys.readouterr().out
     assert "evaluating on the mnist-subset test set: 100 examples" in out
     lines = {line.split()[0]: line for line in out.splitlines() if line}
@@ -127,6 +115,7 @@ def test_sample_and_evaluate(run_dir, tmp_path, capsys):
     assert "active units" in out and "of 2" in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     original = layers.Dense.backward
@@ -148,6 +137,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path, monkeypatc
     assert npvae.load(out / "checkpoint.npz").train_state.epoch == 1
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 def test_diverging_training_exits_1(tmp_path, capsys):
     args = ["train", "--epochs", "2", "--likelihood", "gaussian", "--optimizer", "sgd", "--lr", "1000",

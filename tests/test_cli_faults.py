@@ -2,7 +2,6 @@
 --out, a refused resume, Ctrl-C at awkward moments, a checkpoint without its run.json, sizes
 typed wrong. Each test failed on the code before its fix."""
 
-import csv
 import json
 import os
 import shutil
@@ -13,22 +12,7 @@ import pytest
 
 import npvae
 from npvae import cli, plots
-from conftest import EXPECTED_BACKEND
-
-SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--no-progress"]
-
-
-def history_rows(path):
-    with open(path) as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
-
-
-@pytest.fixture(scope="module")
-def run2(tmp_path_factory):
-    """A finished 2-epoch run (Z = 2, so it has manifold.png), to copy from."""
-    out = tmp_path_factory.mktemp("run2") / "run"
-    assert cli.main(["train", "--epochs", "2", "--out", str(out), *SMALL]) == 0
-    return out
+from conftest import EXPECTED_BACKEND, SMALL, history_rows
 
 
 def copy_run(run, dest, names=("checkpoint.npz", "run.json", "history.csv")):
@@ -39,6 +23,7 @@ def copy_run(run, dest, names=("checkpoint.npz", "run.json", "history.csv")):
 
 
 # --- 1. divergence --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_diverging_run_never_saves_over_the_last_good_epoch(tmp_path, capsys):
     # The issue's command: full-batch SGD, so every step is an epoch's last step. Epoch 2's
     # test -ELBO is inf. Before: it was saved anyway, and epoch 3 named that file as "the
@@ -56,6 +41,7 @@ def test_a_diverging_run_never_saves_over_the_last_good_epoch(tmp_path, capsys):
 
 
 # --- 2. a reused --out, and two runs into one folder -------------------------------------------
+@pytest.mark.slow
 def test_a_folder_holding_a_run_is_refused_unless_overwrite(run2, tmp_path, capsys):
     out = copy_run(run2, tmp_path / "r", names=("checkpoint.npz", "run.json", "history.csv", "manifold.png"))
     before = (out / "checkpoint.npz").read_bytes()
@@ -84,6 +70,7 @@ def test_a_second_training_into_a_locked_folder_is_refused(tmp_path, capsys):
     assert not out.exists()  # the holder made it; released empty, it is gone again
 
 
+@pytest.mark.slow
 def test_a_killed_runs_temporary_files_are_cleaned_on_the_next_run(run2, tmp_path):
     out = copy_run(run2, tmp_path / "r")
     leftover = out / ".checkpoint.npz.k1ll3d.part"
@@ -94,6 +81,7 @@ def test_a_killed_runs_temporary_files_are_cleaned_on_the_next_run(run2, tmp_pat
 
 
 # --- 3. a refused resume writes nothing -------------------------------------------------------
+@pytest.mark.slow
 def test_a_refused_resume_changes_no_file(run2, tmp_path, capsys):
     out = copy_run(run2, tmp_path / "r")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -132,6 +120,7 @@ def test_the_command_lines_choices_and_defaults_are_the_modules():
 
 
 # --- 5. --resume --lr is applied, and recorded truly ------------------------------------------
+@pytest.mark.slow
 def test_resume_with_a_new_lr_applies_it(run2, tmp_path):
     out = copy_run(run2, tmp_path / "r")
     assert cli.main(["train", "--resume", str(out / "checkpoint.npz"), "--epochs", "3", "--lr", "0.0005",
@@ -142,6 +131,7 @@ def test_resume_with_a_new_lr_applies_it(run2, tmp_path):
 
 
 # --- 6. a checkpoint alone carries its run ------------------------------------------------------
+@pytest.mark.slow
 def test_resume_without_run_json_goes_on_with_the_saved_settings(run2, tmp_path):
     alone = copy_run(run2, tmp_path / "alone", names=("checkpoint.npz",))
     assert cli.main(["train", "--resume", str(alone / "checkpoint.npz"), "--epochs", "3", "--no-progress"]) == 0
@@ -151,6 +141,7 @@ def test_resume_without_run_json_goes_on_with_the_saved_settings(run2, tmp_path)
     assert npvae.load(alone / "checkpoint.npz").train_state.settings["dataset"] == "mnist-subset"
 
 
+@pytest.mark.slow
 def test_evaluate_without_run_json_scores_what_the_model_was_trained_on(tmp_path, capsys):
     out = tmp_path / "r"
     assert cli.main(["train", "--epochs", "1", "--binarize", "dynamic", "--out", str(out), *SMALL]) == 0
@@ -189,6 +180,7 @@ def interrupt_during(monkeypatch, target, name, when):
     monkeypatch.setattr(target, name, wrapped)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", [1, 2])
 def test_ctrl_c_during_a_save_finishes_it_and_says_so(monkeypatch, tmp_path, capsys, when):
     # Before: "epochs 1-k are saved" when k-1 were, and during the first save a resume that
@@ -204,6 +196,7 @@ def test_ctrl_c_during_a_save_finishes_it_and_says_so(monkeypatch, tmp_path, cap
     assert len(history_rows(out / "history.csv")) == when  # the history does not lag the checkpoint
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_last_save_does_not_speak_of_epoch_13_of_12(monkeypatch, tmp_path, capsys):
     interrupt_during(monkeypatch, npvae.History, "to_csv", 2)
     out = tmp_path / "r"
@@ -214,6 +207,7 @@ def test_ctrl_c_during_the_last_save_does_not_speak_of_epoch_13_of_12(monkeypatc
     assert len(history_rows(out / "history.csv")) == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_drawing_the_figures_is_one_message(monkeypatch, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -225,6 +219,7 @@ def test_ctrl_c_while_drawing_the_figures_is_one_message(monkeypatch, tmp_path, 
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_warmup_longer_than_training_is_one_line(tmp_path, capsys):
     assert cli.main(["train", "--epochs", "1", "--kl-warmup", "100", "--out", str(tmp_path / "r"), *SMALL]) == 0
     err = capsys.readouterr().err
@@ -232,6 +227,7 @@ def test_a_warmup_longer_than_training_is_one_line(tmp_path, capsys):
            "stops after epoch 1" in err
 
 
+@pytest.mark.slow
 def test_latent_plot_names_the_datasets_classes(run2, monkeypatch):
     seen = {}
     monkeypatch.setattr(plots, "plot_latent", lambda *a, **kw: seen.update(kw))
@@ -255,6 +251,7 @@ def test_bad_seeds_name_the_flag(argv, message, capsys):
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sizes_that_cannot_fit_are_one_line(run2, tmp_path, capsys):
     assert cli.main(["train", "--hidden", "10000000000", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
@@ -266,6 +263,7 @@ def test_sizes_that_cannot_fit_are_one_line(run2, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("npvae sample: error: --n: at most 4096 samples fit one readable grid")
 
 
+@pytest.mark.slow
 def test_sample_writes_the_format_its_name_says(run2, tmp_path, capsys):
     pdf = tmp_path / "x.pdf"
     assert cli.main(["sample", "--checkpoint", str(run2 / "checkpoint.npz"), "--n", "4", "--out", str(pdf)]) == 0
@@ -291,11 +289,13 @@ def test_gradcheck_fails_on_a_nan_gradient(monkeypatch, capsys):
     assert "PASS" not in out and "FAIL" in out and "phi.decoder.0.W" in out.split("FAIL")[1]
 
 
+@pytest.mark.slow
 def test_run_json_records_the_backend(run2):
     assert json.loads((run2 / "run.json").read_text())["backend"] == EXPECTED_BACKEND
 
 
 # --- Step 7: the full-covariance posterior on the command line -----------------------------------
+@pytest.mark.slow
 def test_train_evaluate_and_gradcheck_with_a_full_posterior(tmp_path, capsys):
     out = tmp_path / "full"
     assert cli.main(["train", "--epochs", "1", "--posterior", "full", "--out", str(out), *SMALL]) == 0

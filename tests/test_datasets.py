@@ -686,6 +686,7 @@ def point_mnist_at(monkeypatch, url, size, data=b""):
     monkeypatch.setitem(datasets.SHA256, "mnist", dict.fromkeys(FILE_NAMES, hashlib.sha256(data).hexdigest()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["trickle", "stall"])
 def test_a_slow_download_is_abandoned_at_the_deadline(monkeypatch, isolated, how):
     # before: no overall limit (1 byte every 2 s kept a download going for minutes)

@@ -8,38 +8,15 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 import npvae
 from npvae import distributions as dist
 from npvae.backend import get_backend
 from npvae.random import Generator
 from npvae.gradcheck import assert_gradients_match, numerical_gradient
-from conftest import host
+from conftest import host, joined, on_backend, values, weighted_sum
 
 dims = st.integers(1, 5)
-
-
-def values(shape, lo, hi):
-    return hnp.arrays(np.float64, shape, elements=st.floats(lo, hi, allow_nan=False))
-
-
-def on_backend(*arrays):
-    be = get_backend()
-    return [be.asarray(a, "float64") for a in arrays]
-
-
-def both(a, b):
-    """Two gradients as one host vector. The finite differences of a function carry rounding
-    noise of about 1e-16 * |f| / h in every entry, so with |mu| up to 1e3 (|f| up to 1e6)
-    a gradient entry of 1e-3 is below the noise; the check is relative to the largest entry
-    of (dmu, dlogvar) together, as when the two are one parameter vector."""
-    return np.concatenate([host(a).ravel(), host(b).ravel()])
-
-
-def weighted_sum(a, w):
-    """sum(a * w): a scalar whose gradient with respect to a is w."""
-    return float(get_backend().xp.sum(a * w))
 
 
 # --- the reparameterization -----------------------------------------------------------
@@ -51,7 +28,7 @@ def test_reparameterize_backward(data, n, z):
     mu, logvar, eps, g = on_backend(mu_h, logvar_h, eps_h, g_h)
     f = lambda: weighted_sum(dist.reparameterize(mu, logvar, eps), g)  # noqa: E731
     dmu, dlogvar = dist.reparameterize_backward(g, logvar, eps)
-    assert_gradients_match(both(dmu, dlogvar), both(numerical_gradient(f, mu), numerical_gradient(f, logvar)))
+    assert_gradients_match(joined(dmu, dlogvar), joined(numerical_gradient(f, mu), numerical_gradient(f, logvar)))
 
 
 def test_reparameterize_is_mu_plus_sigma_eps(rng):
@@ -108,7 +85,7 @@ def test_kl_backward(data, n, z):
                                data.draw(values((n,), -1.0, 1.0)))
     f = lambda: weighted_sum(dist.gaussian_kl(mu, logvar), g)  # noqa: E731
     dmu, dlogvar = dist.gaussian_kl_backward(g, mu, logvar)
-    assert_gradients_match(both(dmu, dlogvar), both(numerical_gradient(f, mu), numerical_gradient(f, logvar)))
+    assert_gradients_match(joined(dmu, dlogvar), joined(numerical_gradient(f, mu), numerical_gradient(f, logvar)))
 
 
 @pytest.mark.parametrize("backward", ["reparameterize", "kl"])

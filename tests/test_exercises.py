@@ -7,8 +7,6 @@ before, and not by a crash elsewhere). These run the notebooks up to the cell th
 on NumPy only (the notebooks as stored run on every backend in test_notebooks.py).
 """
 
-from pathlib import Path
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -16,21 +14,14 @@ from nbclient.exceptions import CellExecutionError
 
 from npvae import cli
 from npvae import exercises as ex
-from conftest import EXPECTED_BACKEND
-
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-
-
-def read(path):
-    return nbformat.read(str(path), as_version=4)
+from conftest import EXPECTED_BACKEND, NOTEBOOK_DIR, NOTEBOOKS, read_notebook
 
 
 def exercise_cells(nb):
     return [(i, c) for i, c in enumerate(nb.cells) if ex.exercise_id(c)]
 
 
-ALL = [(p, ex.exercise_id(c)) for p in NOTEBOOKS for _, c in exercise_cells(read(p))]
+ALL = [(p, ex.exercise_id(c)) for p in NOTEBOOKS for _, c in exercise_cells(read_notebook(p))]
 WITH_EXERCISES = sorted({p for p, _ in ALL})
 numpy_only = pytest.mark.skipif(EXPECTED_BACKEND != "numpy", reason="run once, on NumPy: the graders are backend-free")
 
@@ -82,7 +73,7 @@ def test_npvae_exercises_writes_copies_and_never_overwrites_a_students_work(tmp_
     nbformat.write(tiny_notebook(), str(src / "01_tiny.ipynb"))
     out = tmp_path / "students"
     assert cli.main(["exercises", str(out), "--notebooks", str(src)]) == 0
-    copy = read(out / "01_tiny.ipynb")
+    copy = read_notebook(out / "01_tiny.ipynb")
     assert "NotImplementedError(\"Exercise 01.1" in copy.cells[1].source
     (out / "01_tiny.ipynb").write_text((out / "01_tiny.ipynb").read_text().replace("raise NotImplementedError", "pass #"))
     before = (out / "01_tiny.ipynb").read_text()
@@ -99,7 +90,7 @@ def test_there_are_at_least_eight_exercises_each_followed_by_its_grader():
     ids = [e for _, e in ALL]
     assert len(ids) >= 8 and len(set(ids)) == len(ids), ids
     for path in WITH_EXERCISES:
-        nb = read(path)
+        nb = read_notebook(path)
         for i, cell in exercise_cells(nb):
             e = ex.exercise_id(cell)
             assert path.name.startswith(e.split(".")[0]), f"{path.name}: exercise {e} is numbered for another notebook"
@@ -125,10 +116,11 @@ def run_until_error(nb, stop_after):
     return None, None
 
 
+@pytest.mark.slow
 @numpy_only
 @pytest.mark.parametrize("path, exercise", ALL, ids=[e for _, e in ALL])
 def test_a_wrong_answer_fails_at_its_own_grader(path, exercise):
-    original = read(path)
+    original = read_notebook(path)
     index_of = {ex.exercise_id(c): i for i, c in exercise_cells(original)}
     nb = ex.with_wrong_answer(original, exercise)
     grader = index_of[exercise] + 1

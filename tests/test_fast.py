@@ -164,6 +164,7 @@ def test_adam_flushes_moments_bound_for_subnormal():
 
 
 # --- whole training runs, fast and textbook ------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(EXPECTED_BACKEND == "strict" or FAST_OFF, reason="no fast paths here: both runs would be the textbook")
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-8), ("float32", 1e-4)])
 def test_two_epochs_give_the_same_losses_with_and_without_the_fast_paths(dtype, rtol):
@@ -244,6 +245,7 @@ def test_no_module_imports_itself_through_another():
     assert cycles == []
 
 
+@pytest.mark.slow
 def test_npvae_fast_0_runs_the_textbook_code():
     env = {**os.environ, "NPVAE_FAST": "0"}
     code = "import sys, npvae; print('npvae.fast' in sys.modules, npvae.replaceable.active())"

@@ -72,6 +72,7 @@ def test_evaluate_refuses_what_float64_cannot_hold(tmp_path, capsys):
 
 
 # --- 16. gradcheck on a training-sized model: a bounded sample, progress, and a count -----------
+@pytest.mark.slow
 def test_gradcheck_samples_a_training_sized_model_and_says_how_many(capsys):
     # Before: every one of the 652,824 entries, two forward passes each (minutes to hours), and
     # no word of how many were checked.
@@ -149,9 +150,9 @@ def test_sample_grid_draws_every_image_at_full_size(checkpoint_784):
         npvae.plots.plot_samples(np.zeros((4, 784)), grid=65)
 
 
+@pytest.mark.slow
 def test_sample_4096_stays_in_bounded_memory(checkpoint_784, tmp_path):
     # The largest grid allowed, measured: its peak resident memory (about 0.4 GB) in a child.
-    import resource
     import subprocess
     import sys
 

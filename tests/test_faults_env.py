@@ -9,18 +9,16 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import EXPECTED_BACKEND
+from conftest import EXPECTED_BACKEND, NOTEBOOK_DIR, NOTEBOOKS, read_notebook
 from npvae import cli
 from npvae import exercises as ex
 from npvae import replaceable
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_08 = NOTEBOOK_DIR / "08_backends_and_gradient_checks.ipynb"
 
 
@@ -45,6 +43,7 @@ def test_npvae_fast_refuses_other_values(value):
         replaceable.fast_setting(value)
 
 
+@pytest.mark.slow
 def test_npvae_fast_maybe_is_refused_at_import_and_by_the_command_in_one_line():
     imported = run_python(["-c", "import npvae"], NPVAE_FAST="maybe")
     assert imported.returncode != 0
@@ -56,6 +55,7 @@ def test_npvae_fast_maybe_is_refused_at_import_and_by_the_command_in_one_line():
     assert "got 'maybe'" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0 ", "off"])
 def test_npvae_fast_off_whatever_the_spelling_and_info_says_why(value):
     code = "import sys, npvae; from npvae import cli; print('npvae.fast' in sys.modules); print(cli.info()['fast paths'])"
@@ -160,10 +160,6 @@ def test_a_malformed_exercise_cell_is_named_by_file_and_cell(tmp_path, capsys):
 
 
 # --- 23. untouched stubs: one NotImplementedError each, at the exercise or its grader ----------------
-def read(path):
-    return nbformat.read(str(path), as_version=4)
-
-
 def exercises_in(nb):
     """[(exercise id, index of its cell)] in the order of the notebook."""
     return [(ex.exercise_id(c), i) for i, c in enumerate(nb.cells) if ex.exercise_id(c)]
@@ -178,14 +174,15 @@ def errors_of_a_full_run(nb):
             for out in cell.outputs if out.output_type == "error"]
 
 
-WITH_EXERCISES = [p for p in sorted(NOTEBOOK_DIR.glob("*.ipynb")) if exercises_in(read(p))]
+WITH_EXERCISES = [p for p in NOTEBOOKS if exercises_in(read_notebook(p))]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXPECTED_BACKEND != "numpy" or not replaceable.FAST,
                     reason="run once, on NumPy with the default setting: the stubs are backend-free")
 @pytest.mark.parametrize("path", WITH_EXERCISES, ids=[p.name for p in WITH_EXERCISES])
 def test_a_student_copy_ends_each_stub_in_one_not_implemented_error(path):
-    original = read(path)
+    original = read_notebook(path)
     errors = errors_of_a_full_run(ex.student_copy(original))
     expected = exercises_in(original)
     assert len(errors) == len(expected), f"expected one NotImplementedError per exercise {expected}, got {errors}"
@@ -194,8 +191,9 @@ def test_a_student_copy_ends_each_stub_in_one_not_implemented_error(path):
         assert at in (index, index + 1), f"exercise {exercise} (cell {index}) stopped cell {at}: {name}: {value}"
 
 
+@pytest.mark.slow
 def test_skipping_the_challenge_08_2_leaves_the_rest_of_08_running():
-    original = read(NOTEBOOK_08)
+    original = read_notebook(NOTEBOOK_08)
     challenge = dict(exercises_in(original))["08.2"]
     nb = ex.student_copy(original, only=["08.2"])
     assert "### BEGIN SOLUTION" in nb.cells[dict(exercises_in(original))["08.1"]].source  # 08.1 keeps its solution

@@ -22,19 +22,11 @@ import numpy as np
 import pytest
 
 import npvae
-from npvae import checkpoint, cli, datasets
+from npvae import cli, datasets
 from npvae.checkpoint import CheckpointError
 from npvae.datasets import DatasetError
-from conftest import toy_images
+from conftest import SMALL, one_line, toy_images
 from test_datasets import FILE_NAMES, idx_bytes, isolated, make_fake, server, synthetic, write  # noqa: F401
-
-SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--no-progress"]
-
-
-def one_line(text):
-    lines = text.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
 
 
 # --- 5. an empty --data-dir, a mistyped $NPVAE_DATA; where the data came from ------------------
@@ -323,6 +315,7 @@ def test_the_backend_switch_message_gives_the_real_save_call(tmp_path, use_backe
                     assert "model.save(" not in f.read(), os.path.join(folder, name)
 
 
+@pytest.mark.slow
 def test_npvae_train_and_evaluate_print_where_the_data_came_from(tmp_path, capsys):
     # Item 5: the run says which file or folder its data was read from (before: only its name).
     from npvae import cli

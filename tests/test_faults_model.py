@@ -13,13 +13,7 @@ import npvae.checks
 import npvae.train
 from npvae import cli
 from npvae import vae as vae_module
-from conftest import host
-
-
-def one_line(info) -> str:
-    message = str(info.value)
-    assert "\n" not in message
-    return message
+from conftest import host, one_line
 
 
 def half(n=3, d=6):

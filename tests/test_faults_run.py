@@ -3,7 +3,6 @@ of figures is refused, Ctrl-C and SIGTERM anywhere are one line, write errors sa
 and how to go on, and the history's names are honest. Each test failed on the code before."""
 
 import errno
-import json
 import os
 import shlex
 import shutil
@@ -17,8 +16,8 @@ import pytest
 
 import npvae
 from npvae import checkpoint, cli, datasets, train
+from conftest import SMALL, one_line
 
-SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--no-progress"]
 CKPT = "checkpoint.npz"
 
 
@@ -35,12 +34,6 @@ def copy_run(run, dest):
     return dest
 
 
-def one_line(err):
-    err = err.strip()
-    assert err and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
 def python(code, *args, env=None, **kwargs):
     """Run ``code`` in a fresh Python with this checkout's npvae."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -49,6 +42,7 @@ def python(code, *args, env=None, **kwargs):
 
 
 # --- 1. --overwrite writes the new checkpoint before the old run goes ----------------------------
+@pytest.mark.slow
 def test_overwrite_keeps_the_old_run_when_the_first_save_fails(run1, tmp_path):
     out = copy_run(run1, tmp_path / "r")
     before = (out / CKPT).read_bytes()
@@ -71,6 +65,7 @@ def test_overwrite_keeps_the_old_run_when_the_first_save_fails(run1, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in run1.iterdir())
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_whole_run_once_it_saved(run1, tmp_path, capsys):
     out = copy_run(run1, tmp_path / "r")  # it has a manifold.png; a Z = 3 run draws none: none may be left
     assert cli.main(["train", "--epochs", "1", "--overwrite", "--out", str(out), "--hidden", "16",
@@ -82,6 +77,7 @@ def test_overwrite_replaces_the_whole_run_once_it_saved(run1, tmp_path, capsys):
 
 
 # --- 2. --resume X --overwrite with the same folder given another way ---------------------------
+@pytest.mark.slow
 def test_resume_overwrite_through_a_symlink_never_deletes_the_resumed_checkpoint(run1, tmp_path, monkeypatch,
                                                                                     capsys):
     out = copy_run(run1, tmp_path / "r")
@@ -121,24 +117,26 @@ def test_a_folder_holding_only_figures_is_refused(tmp_path, capsys, names):
 
 
 # --- 9. Ctrl-C and SIGTERM anywhere ---------------------------------------------------------------
-def wait_for(proc, text):
-    """Read proc's stdout until a line holds ``text``."""
-    for line in proc.stdout:
-        if text in line:
-            return line
-    raise AssertionError(f"no line with {text!r}; stderr: {proc.stderr.read()}")
-
-
-def test_sigterm_during_training_saves_and_says_so(tmp_path):
-    out = tmp_path / "r"
-    proc = python("import sys; from npvae.cli import main; sys.exit(main(sys.argv[1:]))",
-                  "train", "--epochs", "200", "--out", str(out), *SMALL)
+def signal_once(proc, text, signum):
+    """Send ``signum`` to ``proc`` once a line of its stdout holds ``text``; its stderr, when it
+    has ended."""
     try:
-        wait_for(proc, "epoch   1/200")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        if not any(text in line for line in proc.stdout):
+            raise AssertionError(f"no line with {text!r}; stderr: {proc.stderr.read()}")
+        proc.send_signal(signum)
+        return proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
+
+
+CLI = "import sys; from npvae.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_saves_and_says_so(tmp_path):
+    out = tmp_path / "r"
+    proc = python(CLI, "train", "--epochs", "200", "--out", str(out), *SMALL)
+    err = signal_once(proc, "epoch   1/200", signal.SIGTERM)
     assert proc.returncode == 143, err
     err = one_line(err)
     assert err.startswith("npvae train: terminated (SIGTERM)") and f"saved in {out / CKPT}" in err
@@ -147,19 +145,15 @@ def test_sigterm_during_training_saves_and_says_so(tmp_path):
     assert not (out / cli.LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_gradcheck_is_one_line_and_130():
-    proc = python("import sys; from npvae.cli import main; sys.exit(main(sys.argv[1:]))",
-                  "gradcheck", "--input-dim", "784", "--hidden", "400", "--latent-dim", "20", "--batch-size", "64")
-    try:
-        wait_for(proc, "tolerance")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    proc = python(CLI, "gradcheck", "--input-dim", "784", "--hidden", "400", "--latent-dim", "20", "--batch-size", "64")
+    err = signal_once(proc, "tolerance", signal.SIGINT)
     assert proc.returncode == 130, err
     assert one_line(err) == "npvae gradcheck: interrupted"
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_npvae_is_imported_is_one_line_and_130():
     # As the console script does it (sys.argv[0] is "npvae"), with Ctrl-C arriving mid-import.
     proc = python("""
@@ -178,6 +172,7 @@ def test_ctrl_c_while_npvae_is_imported_is_one_line_and_130():
     assert proc.returncode == 130 and one_line(err) == "npvae: interrupted while starting", err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_ctrl_c_while_loading_data_is_one_line_and_130(run1, monkeypatch, capsys, tmp_path, command):
     def interrupted(*args, **kwargs):
@@ -203,6 +198,7 @@ def test_fit_refuses_callbacks_that_are_not_a_list_of_functions(callbacks):
 
 
 # --- 17, 24. the epoch line and the history say what they hold -----------------------------------
+@pytest.mark.slow
 def test_the_epoch_line_shows_the_true_elbo_and_names_the_objective(tmp_path, capsys):
     out = tmp_path / "r"
     assert cli.main(["train", "--epochs", "2", "--beta", "4", "--out", str(out), *SMALL]) == 0
@@ -220,6 +216,7 @@ def test_the_epoch_line_shows_the_true_elbo_and_names_the_objective(tmp_path, ca
     assert "objective" not in capsys.readouterr().out  # beta 1, no warm-up: the objective is -ELBO
 
 
+@pytest.mark.slow
 def test_the_history_records_every_epochs_lr(run1, tmp_path):
     out = copy_run(run1, tmp_path / "r")
     assert cli.main(["train", "--resume", str(out / CKPT), "--epochs", "3", "--lr", "0.0005", "--no-progress"]) == 0
@@ -228,6 +225,7 @@ def test_the_history_records_every_epochs_lr(run1, tmp_path):
     assert npvae.History.from_csv(out / "history.csv").column("lr") == [1e-3, 5e-4, 5e-4]
 
 
+@pytest.mark.slow
 def test_checkpoints_saved_before_the_new_columns_still_load_and_resume(run1, tmp_path):
     model = npvae.load(run1 / CKPT)
     for row in model.train_state.history:  # as npvae saved them before Step 9
@@ -239,6 +237,7 @@ def test_checkpoints_saved_before_the_new_columns_still_load_and_resume(run1, tm
     assert npvae.load(tmp_path / CKPT).train_state.history.column("lr") == [None, 1e-3]
 
 
+@pytest.mark.slow
 def test_a_history_row_with_a_bad_lr_is_refused(run1, tmp_path):
     model = npvae.load(run1 / CKPT)
     model.train_state.history[0]["lr"] = "fast"
@@ -247,6 +246,7 @@ def test_a_history_row_with_a_bad_lr_is_refused(run1, tmp_path):
 
 
 # --- 18, 19, 22. write errors and the go-on command ----------------------------------------------
+@pytest.mark.slow
 def test_a_write_error_names_the_file_says_what_is_saved_and_how_to_go_on(run1, tmp_path, monkeypatch, capsys):
     spaced = copy_run(run1, tmp_path / "my run")
     out = tmp_path / "other out"
@@ -268,6 +268,7 @@ def test_a_write_error_names_the_file_says_what_is_saved_and_how_to_go_on(run1, 
     assert shlex.split(go_on) == ["npvae", "train", "--resume", str(out / CKPT), "--epochs", "4"]
 
 
+@pytest.mark.slow
 def test_the_go_on_command_names_out_and_quotes_paths(run1, tmp_path, monkeypatch, capsys):
     spaced = copy_run(run1, tmp_path / "my run")
     out = tmp_path / "new out"
@@ -294,6 +295,7 @@ def test_atomic_open_names_the_target_not_its_temporary_file(tmp_path):
 
 
 # --- 20. nothing to train -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_with_no_epochs_left_says_so(run1, tmp_path, capsys):
     out = copy_run(run1, tmp_path / "r")
     before = {p.name: p.read_bytes() for p in out.iterdir()}

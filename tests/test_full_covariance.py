@@ -8,35 +8,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
-import npvae
 from npvae import distributions as dist
-from npvae.backend import get_backend
 from npvae.random import Generator
 from npvae.gradcheck import assert_gradients_match, numerical_gradient
-from conftest import host
+from conftest import host, joined, on_backend, values, weighted_sum
 
 rows, dims = st.integers(1, 3), st.integers(1, 4)
-
-
-def values(shape, lo, hi):
-    return hnp.arrays(np.float64, shape, elements=st.floats(lo, hi, allow_nan=False))
-
-
-def on_backend(*arrays):
-    return [npvae.asarray(np.asarray(a, dtype=np.float64), dtype="float64") for a in arrays]
-
-
-def joined(*grads):
-    """Gradients as one host vector: checked relative to their largest entry, as one
-    parameter vector (see ``both`` in test_distributions.py)."""
-    return np.concatenate([host(g).ravel() for g in grads])
-
-
-def weighted_sum(a, w):
-    """sum(a * w): a scalar whose gradient with respect to a is w."""
-    return float(get_backend().xp.sum(a * w))
 
 
 def draw_params(data, n, z):

@@ -10,18 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from npvae import layers
 from npvae.backend import get_backend
 from npvae.gradcheck import assert_gradients_match, numerical_gradient
-from conftest import host
+from conftest import host, values
 
 dims = st.integers(1, 6)
-
-
-def values(shape, lo=-3.0, hi=3.0):
-    return hnp.arrays(np.float64, shape, elements=st.floats(lo, hi, allow_nan=False))
 
 
 def scalar_loss(layer, x, g):

@@ -7,23 +7,17 @@ a failed check cell, fails the test with nbclient's ``CellExecutionError``, whic
 cell's source and its traceback.
 """
 
-from pathlib import Path
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+from conftest import NOTEBOOK_DIR, NOTEBOOKS, read_notebook
+
 EXPECTED_COUNT = 9  # 01..08 in the order of Lecture 21, then 09 (the full-covariance posterior)
 CELL_TIMEOUT_S = 300
 KERNEL = "python3"
 
 by_name = pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-
-
-def read(path):
-    return nbformat.read(str(path), as_version=4)
 
 
 def test_there_are_nine_notebooks():
@@ -33,7 +27,7 @@ def test_there_are_nine_notebooks():
 
 @by_name
 def test_notebook_follows_the_conventions(path):
-    nb = read(path)
+    nb = read_notebook(path)
     nbformat.validate(nb)
     assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL, "kernelspec: expected name 'python3'"
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -62,9 +56,10 @@ def test_notebook_follows_the_conventions(path):
         "the last cell should be a markdown 'Try it' exercise"
 
 
+@pytest.mark.slow
 @by_name
 def test_notebook_runs(path):
-    nb = read(path)
+    nb = read_notebook(path)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL,
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()  # raises CellExecutionError at the first cell that fails
