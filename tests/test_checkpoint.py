@@ -388,36 +388,13 @@ def test_the_base_file_of_those_cases_loads(base, tmp_path):
     assert model.train_state.settings["dataset"] == "toy" and model.train_state.optimizer.name == "adam"
 
 
-def test_negative_adagrad_sums_and_legacy_adam_moments_are_refused(trained, base, tmp_path):
+def test_negative_adagrad_sums_are_refused(trained, tmp_path):
     _, path, _ = trained
     with np.load(path) as archive:
         arrays = {k: archive[k] for k in archive.files}
     arrays["opt.sum_sq"][7] = -2.0
     refused(write(tmp_path / "adagrad.npz", None, arrays),
             r"opt\.sum_sq: expected values >= 0 \(a second moment\), got 1 negative entry$")
-
-    def legacy(meta, arrays):  # npvae 0.1 (format 1) kept Adam's running sums: here v_sum < 0
-        meta["version"] = 1
-        arrays["opt.m_sum"] = arrays.pop("opt.m") / (1 - meta["optimizer"]["beta1"])
-        arrays["opt.v_sum"] = arrays.pop("opt.v") * -1000.0
-    refused(craft(base, tmp_path, legacy), r"opt\.v_sum: expected values >= 0 \(a second moment\), got \d+ negative entr")
-
-
-def test_an_old_adam_checkpoint_with_running_sums_still_loads(base, tmp_path):
-    # Format 1 (npvae 0.1) saved Adam's running sums m_sum = m / (1 - b1), v_sum = v / (1 - b2);
-    # they load as the paper's m and v.
-    meta, arrays = base
-
-    def legacy(meta, arrays):
-        meta["version"] = 1
-        arrays["opt.m_sum"] = arrays.pop("opt.m") / (1 - meta["optimizer"]["beta1"])
-        arrays["opt.v_sum"] = arrays.pop("opt.v") / (1 - meta["optimizer"]["beta2"])
-    opt = npvae.load(craft(base, tmp_path, legacy)).train_state.optimizer
-    np.testing.assert_allclose(host(opt.m), arrays["opt.m"], rtol=1e-5)
-    np.testing.assert_allclose(host(opt.v), arrays["opt.v"], rtol=1e-5)
-    # Format 2 is the paper's m and v only.
-    refused(craft(base, tmp_path, lambda meta, arrays: arrays.update({"opt.m_sum": arrays.pop("opt.m")})),
-            r"unexpected array 'opt\.m_sum'")
 
 
 @pytest.mark.parametrize("config", [{"hidden_dims": [300000]}, {"hidden_dims": [10**12]}, {"input_dim": 10**15},
