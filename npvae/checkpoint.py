@@ -14,23 +14,20 @@ everything needed to resume or evaluate the run (fit's settings, the data set's 
 ``meta``           a JSON string, the object below
 ``params``         the flat parameter vector (P,), real floating point, finite
 ``opt.<buffer>``   the optimizer's state arrays (P,) each, e.g. Adam's ``opt.m``, ``opt.v``
-                   (finite; second moments ``sum_sq``, ``v`` >= 0). Version 1 files may hold
-                   Adam's running sums ``opt.m_sum``, ``opt.v_sum`` instead (converted on load)
+                   (finite; second moments ``sum_sq``, ``v`` >= 0)
 =================  =====================================================================
 
 ``meta`` (version 2; the training keys are there exactly when the model has a training state):
 
 =================  =====================================================================
 ``format``         ``"npvae-checkpoint"``
-``version``        2 (version 1 files still load: their settings lack ``dataset``, and
-                   their Adam state is the running sums ``m_sum``, ``v_sum``)
+``version``        2
 ``config``         the model's arguments: input_dim, hidden_dims, latent_dim, likelihood,
-                   activation, dtype, seed (an integer >= 0 or null)
+                   activation, dtype, seed (an integer >= 0 or null), posterior
 ``blocks``         the layout of ``params``: [name, start, stop, shape] per block
 ``model_rng``      the state of the model's PCG64 generator (``model.rng``)
 ``epoch, step``    epochs completed and optimizer steps taken
-``history``        one row per epoch (``train.HISTORY_COLUMNS``), epochs 1 .. epoch; older
-                   files' rows lack ``neg_elbo`` and ``lr`` (they still load)
+``history``        one row per epoch (``train.HISTORY_COLUMNS``), epochs 1 .. epoch
 ``settings``       fit's settings: batch_size, optimizer, lr, beta, kl_warmup_epochs,
                    binarize, seed, and ``dataset`` (the data's name, or null for arrays
                    passed from Python)
@@ -68,13 +65,12 @@ from .io import atomic_open, open_regular
 
 FORMAT = "npvae-checkpoint"
 VERSION = 2
-READS = (1, 2)  # the format versions this npvae reads
 
 SETTINGS = ("batch_size", "optimizer", "lr", "beta", "kl_warmup_epochs", "binarize", "seed", "dataset")
 TRAINING_KEYS = ("epoch", "step", "history", "settings", "optimizer", "data_rng", "noise_rng")
 MODEL_KEYS = ("format", "version", "config", "blocks", "model_rng")
-CONFIG_KEYS = ("input_dim", "hidden_dims", "latent_dim", "likelihood", "activation", "dtype", "seed")
-SECOND_MOMENTS = ("sum_sq", "v_sum", "v")  # optimizer buffers that cannot be negative
+CONFIG_KEYS = ("input_dim", "hidden_dims", "latent_dim", "likelihood", "activation", "dtype", "seed", "posterior")
+SECOND_MOMENTS = ("sum_sq", "v")  # optimizer buffers that cannot be negative
 MAX_META_BYTES = 256 << 20  # the JSON metadata, stored as UTF-32: about 700 bytes an epoch of history
 
 
@@ -105,13 +101,11 @@ def save(model, path, before_replace=None):
     arrays = {"params": to_numpy(model.params)}
     if state is not None:
         opt = state.optimizer.state_dict() if state.optimizer is not None else None
-        settings = dict(state.settings or {})
-        settings.setdefault("dataset", None)  # arrays passed from Python: no data set's name
         meta.update({
             "epoch": state.epoch,
             "step": state.step,
             "history": list(state.history),
-            "settings": settings,
+            "settings": state.settings,
             "optimizer": None if opt is None else {k: v for k, v in opt.items() if k != "buffers"},
             "data_rng": state.data_rng.host.bit_generator.state if state.data_rng else None,
             "noise_rng": state.noise_rng.host.bit_generator.state if state.noise_rng else None,
@@ -416,10 +410,9 @@ def _keys(where, obj, required, optional=()):
 
 
 def _validate_meta(meta) -> dict:
-    """``meta`` checked against the schema (see the module docstring); returns it with
-    version 1's settings completed (``dataset``: None). Raises ``_Invalid``."""
+    """``meta`` checked against the schema (see the module docstring). Raises ``_Invalid``."""
     from .optim import OPTIMIZERS
-    from .train import BINARIZE, HISTORY_ADDED, HISTORY_COLUMNS
+    from .train import BINARIZE, HISTORY_COLUMNS
     from .vae import ACTIVATIONS, LIKELIHOODS, POSTERIORS
 
     if not isinstance(meta, dict):
@@ -427,16 +420,14 @@ def _validate_meta(meta) -> dict:
     if meta.get("format") != FORMAT:
         raise _Invalid(f"not an npvae checkpoint (format {_show(meta.get('format'))})")
     version = meta.get("version")
-    if not (_is_int(version) and version in READS):
+    if not (_is_int(version) and version == VERSION):
         newer = " (written by a newer npvae?)" if _is_int(version) and version > VERSION else ""
-        raise _Invalid(f"checkpoint format version {_show(version)}; this npvae reads versions "
-                       f"{' and '.join(map(str, READS))}{newer}")
+        raise _Invalid(f"checkpoint format version {_show(version)}; this npvae reads version {VERSION}{newer}")
     trained = any(key in meta for key in TRAINING_KEYS)
     _keys("meta", meta, MODEL_KEYS + (TRAINING_KEYS if trained else ()))
     meta = dict(meta)
 
-    config = _keys("config", meta["config"], CONFIG_KEYS, optional=("posterior",))
-    config.setdefault("posterior", "diagonal")  # files from before the full-covariance posterior
+    config = _keys("config", meta["config"], CONFIG_KEYS)
     _int("config.input_dim", config["input_dim"], 1)
     hidden = config["hidden_dims"]
     if not (isinstance(hidden, list) and all(_is_int(h) and h >= 1 for h in hidden)):
@@ -463,8 +454,7 @@ def _validate_meta(meta) -> dict:
         raise _Invalid(f"history: expected {epoch} rows (one per epoch), got {len(history)}")
     for i, row in enumerate(history):
         where = f"history[{i}]"
-        required = tuple(key for key in HISTORY_COLUMNS if key not in HISTORY_ADDED)
-        _keys(where, row, required, optional=HISTORY_ADDED)  # older files lack those
+        _keys(where, row, HISTORY_COLUMNS)
         if not (_is_int(row["epoch"]) and row["epoch"] == i + 1):
             _fail(f"{where}.epoch", i + 1, row["epoch"])
         for key in HISTORY_COLUMNS:
@@ -472,7 +462,7 @@ def _validate_meta(meta) -> dict:
             if key != "epoch" and value is not None and not _is_float(value):
                 _fail(f"{where}.{key}", "a number or null", value)
 
-    meta["settings"] = _validate_settings(meta["settings"], meta["version"], BINARIZE)
+    _validate_settings(meta["settings"], BINARIZE)
 
     opt = meta["optimizer"]
     if opt is not None:
@@ -505,12 +495,9 @@ _HYPER = {  # what an optimizer's hyperparameter must be, by name (any other: a 
 }
 
 
-def _validate_settings(settings, version, binarize_modes) -> dict:
-    """fit's settings; version 1 files may lack ``dataset`` (filled in as None)."""
-    optional = ("dataset",) if version == 1 else ()
-    required = tuple(key for key in SETTINGS if key not in optional)
-    settings = dict(_keys("settings", settings, required, optional))
-    settings.setdefault("dataset", None)
+def _validate_settings(settings, binarize_modes):
+    """fit's settings."""
+    _keys("settings", settings, SETTINGS)
     _int("settings.batch_size", settings["batch_size"], 1)
     if not isinstance(settings["optimizer"], str):
         _fail("settings.optimizer", "a string", settings["optimizer"])
@@ -522,7 +509,6 @@ def _validate_settings(settings, version, binarize_modes) -> dict:
     _int("settings.seed", settings["seed"], 0)
     if settings["dataset"] is not None and not isinstance(settings["dataset"], str):
         _fail("settings.dataset", "a data set's name or null", settings["dataset"])
-    return settings
 
 
 def _validate_blocks(blocks):
@@ -563,14 +549,8 @@ def _expected_arrays(meta) -> list:
     """The sets of array names a checkpoint with this (valid) meta may hold."""
     from .optim import OPTIMIZERS
 
-    base = {"meta", "params"}
     opt = meta.get("optimizer")
-    if opt is None:
-        return [base]
-    names = [base | {f"opt.{b}" for b in OPTIMIZERS[opt["name"]].buffers}]
-    if opt["name"] == "adam" and meta["version"] == 1:
-        names.append(base | {"opt.m_sum", "opt.v_sum"})  # npvae 0.1 kept Adam's running sums
-    return names
+    return [{"meta", "params"} | ({f"opt.{b}" for b in OPTIMIZERS[opt["name"]].buffers} if opt else set())]
 
 
 def _validate_specs(specs, meta):

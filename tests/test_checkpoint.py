@@ -115,7 +115,7 @@ def test_future_version_and_wrong_sizes(trained, tmp_path):
     meta["version"] = 99
     np.savez(tmp_path / "v99.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
     with pytest.raises(checkpoint.CheckpointError,
-                       match=r"format version 99; this npvae reads versions 1 and 2 \(written by a newer npvae\?\)"):
+                       match=r"format version 99; this npvae reads version 2 \(written by a newer npvae\?\)"):
         npvae.load(tmp_path / "v99.npz")
     np.savez(tmp_path / "short.npz", **{**arrays, "params": arrays["params"][:-1]})
     with pytest.raises(checkpoint.CheckpointError, match=r"params: expected shape \(\d+,\) for the saved config"):
@@ -237,10 +237,11 @@ META_CASES = [
     ("meta-not-a-string", array("meta", lambda _: np.zeros(3)),
      r"meta: expected a JSON string, got an array of shape \(3,\)"),
     ("no-format", drop("format"), r"not an npvae checkpoint \(format None\)$"),
-    ("version-string", put("version", "2"), r"checkpoint format version '2'; this npvae reads versions 1 and 2$"),
-    ("version-bool", put("version", True), r"checkpoint format version True; this npvae reads versions 1 and 2$"),
+    ("version-string", put("version", "2"), r"checkpoint format version '2'; this npvae reads version 2$"),
+    ("version-bool", put("version", True), r"checkpoint format version True; this npvae reads version 2$"),
+    ("version-1", put("version", 1), r"checkpoint format version 1; this npvae reads version 2$"),
     ("version-3", put("version", 3),
-     r"checkpoint format version 3; this npvae reads versions 1 and 2 \(written by a newer"),
+     r"checkpoint format version 3; this npvae reads version 2 \(written by a newer"),
     ("no-config", drop("config"), r"meta: missing key 'config'$"),
     ("no-model-rng", drop("model_rng"), r"meta: missing key 'model_rng'$"),
     ("no-step", drop("step"), r"meta: missing key 'step'$"),
@@ -250,6 +251,7 @@ META_CASES = [
     ("config-list", put("config", [6, [4], 2]), r"config: expected a JSON object, got \[6, \[4\], 2\]$"),
     ("config-unknown-key", put("config.depth", 3), r"config: unexpected key 'depth'$"),
     ("config-missing-key", drop("config.dtype"), r"config: missing key 'dtype'$"),
+    ("config-without-posterior", drop("config.posterior"), r"config: missing key 'posterior'$"),
     ("hidden-dims-null", put("config.hidden_dims", None),
      r"config\.hidden_dims: expected a list of positive integers, got None$"),
     ("hidden-dims-zero", put("config.hidden_dims", [0]),
@@ -301,6 +303,8 @@ META_CASES = [
     ("history-too-short", shorten_history, r"history: expected 2 rows \(one per epoch\), got 1$"),
     ("history-row-list", put("history.0", [1, 2.5]), r"history\[0\]: expected a JSON object, got \[1, 2\.5\]$"),
     ("history-missing-column", drop("history.0.kl"), r"history\[0\]: missing key 'kl'$"),
+    ("history-without-lr", drop("history.1.lr"), r"history\[1\]: missing key 'lr'$"),
+    ("history-without-neg-elbo", drop("history.0.neg_elbo"), r"history\[0\]: missing key 'neg_elbo'$"),
     ("history-unknown-column", put("history.1.momentum", 0.1), r"history\[1\]: unexpected key 'momentum'$"),
     ("history-out-of-order", swap_history_rows, r"history\[0\]\.epoch: expected 1, got 2$"),
     ("history-string-value", put("history.0.loss", "12.5"),
@@ -468,22 +472,7 @@ def test_an_array_whose_header_claims_more_data_than_the_file_holds(base, tmp_pa
                   r"the archive holds 360\)$")
 
 
-# --- Version 1 files, the settings a checkpoint carries, and what save refuses ---------------
-def test_a_version_1_checkpoint_still_loads(base, tmp_path):
-    def version_1(meta, arrays):  # exactly what npvae wrote before the data set's name was saved
-        meta["version"] = 1
-        del meta["settings"]["dataset"]
-    model = npvae.load(craft(base, tmp_path, version_1))
-    settings = model.train_state.settings
-    assert settings["dataset"] is None and sorted(settings) == sorted(checkpoint.SETTINGS)
-    without_dataset = lambda d: {k: v for k, v in d.items() if k != "dataset"}  # noqa: E731
-    assert without_dataset(settings) == without_dataset(base[0]["settings"])
-    np.testing.assert_array_equal(host(model.params), base[1]["params"])
-    # a version 1 file is checked as strictly as a version 2 one, but for the data set's name
-    refused(craft(base, tmp_path, lambda meta, arrays: meta.update(version=1, epoch=-5)),
-            r"epoch: expected a non-negative integer, got -5$")
-
-
+# --- The settings a checkpoint carries, and what save refuses ----------------------------------
 def test_a_checkpoint_carries_its_run(tmp_path):
     # Resuming or evaluating needs no run.json: fit's settings, with the data set's name, are in the file.
     x, _ = toy_images(n=40, d=6, seed=2)
@@ -497,18 +486,17 @@ def test_a_checkpoint_carries_its_run(tmp_path):
     assert settings == model.train_state.settings
 
 
-def test_save_fills_in_a_missing_dataset_with_null(tmp_path):
-    # fit before it knew of data sets: settings without "dataset" are saved with dataset null.
+def test_save_refuses_settings_without_the_dataset(tmp_path):
+    # fit always records "dataset" (None for arrays from Python): settings without it were only
+    # ever made by an npvae that was never released, and save no longer fills it in.
     x, _ = toy_images(n=20, d=6, seed=2)
     model = npvae.VAE(6, (4,), 2, seed=3)
     npvae.fit(model, x, epochs=1, batch_size=10, progress=False)
-    model.train_state.settings.pop("dataset", None)
-    before = dict(model.train_state.settings)
-    npvae.save(model, tmp_path / "run.npz")
-    assert model.train_state.settings == before  # the model's own settings are left alone
-    with np.load(tmp_path / "run.npz") as archive:
-        assert json.loads(str(archive["meta"]))["settings"]["dataset"] is None
-    assert npvae.load(tmp_path / "run.npz").train_state.settings == {**before, "dataset": None}
+    assert model.train_state.settings["dataset"] is None
+    del model.train_state.settings["dataset"]
+    with pytest.raises(checkpoint.CheckpointError, match=r"run\.npz: not written: settings: missing key 'dataset'$"):
+        npvae.save(model, tmp_path / "run.npz")
+    assert not (tmp_path / "run.npz").exists()
 
 
 @pytest.mark.parametrize("where", ["params", "optimizer"])
