@@ -6,27 +6,16 @@
 
 The file is a NumPy ``.npz`` archive of plain arrays, uncompressed (``np.savez``), read back
 with ``allow_pickle=False``: a file that holds pickled Python objects is refused, never
-executed, and one with compressed members is refused before anything is inflated. It carries
-the model and, for a model trained by ``fit``, everything needed to resume or evaluate the run.
-
-=================  =====================================================================
-``params``         the flat parameter vector (P,), real floating point, finite
-``opt.<buffer>``   the optimizer's state arrays (P,) each, e.g. Adam's ``opt.m``, ``opt.v``
-                   (finite; second moments ``sum_sq``, ``v`` >= 0)
-``meta``           a JSON string, an object with the keys below (version 2; the training
-                   keys are there exactly when the model has a training state)
-``format``         ``"npvae-checkpoint"``; ``version``: 2
-``config``         the model's arguments, ``VAE(**config)`` (``model.config``)
-``blocks``         the layout of ``params``: [name, start, stop, shape] per block
-``model_rng``      the state of the model's PCG64 generator (``model.rng``)
-``epoch, step``    epochs completed and optimizer steps taken
-``history``        one row per epoch (``train.HISTORY_COLUMNS``), epochs 1 .. epoch
-``settings``       fit's settings (``train.DEFAULTS``' keys), with ``dataset`` the data's name
-                   (null for arrays passed from Python)
-``optimizer``      its ``state_dict()`` less the buffers: name, t, hyperparameters (or null)
-``data_rng``       fit's PCG64 states for the data order and binarization, and for eps (null
-``noise_rng``      only when ``optimizer`` is null: a run resumes from them)
-=================  =====================================================================
+executed, and one with compressed members is refused before anything is inflated. Its arrays
+are ``params`` (P,) and the optimizer's buffers ``opt.<name>`` (P,) each (Adam's ``opt.m``
+and ``opt.v``), all finite, second moments >= 0, and ``meta``, a JSON string: ``format``
+("npvae-checkpoint"), ``version`` (2), ``config`` (``model.config``, so that
+``VAE(**config)`` rebuilds the model), ``blocks`` (the layout of ``params``), ``model_rng``
+(a PCG64 state) and, for a model trained by ``fit``, all a run needs to resume or be
+evaluated: ``epoch``, ``step``, ``history`` (a row of ``train.HISTORY_COLUMNS`` per epoch),
+``settings`` (fit's, ``train.DEFAULTS``' keys, with the data set's name or null),
+``optimizer`` (its ``state_dict()`` less the buffers, or null) and fit's PCG64 states
+``data_rng`` and ``noise_rng`` (null only without an optimizer).
 
 Writes are atomic (a temporary file, then a rename), so an interrupted save never destroys the
 previous checkpoint, and ``save`` refuses to write what ``load`` would refuse (parameters that
@@ -53,7 +42,10 @@ import numpy as np
 from .backend import DTYPES, to_numpy
 from .checks import check_int, check_real, is_integer, memory_bytes
 from .io import atomic_open, open_regular
+from .optim import from_state_dict
 from .random import Generator
+from .train import DEFAULTS, HISTORY_COLUMNS, History, TrainState, _check_settings
+from .vae import VAE, memory_estimate, parameter_count
 
 FORMAT = "npvae-checkpoint"
 VERSION = 2
@@ -74,36 +66,24 @@ class _Invalid(ValueError):
 
 
 def save(model, path, before_replace=None):
-    """Write ``model`` (and ``model.train_state`` if it has one) to ``path`` atomically.
-
-    Raises ``CheckpointError`` (and writes nothing, so a previous file stays as it was) when
-    the checkpoint would not load: parameters or optimizer state not all finite, say.
-    ``before_replace()`` runs once the new file is written, just before it takes ``path``'s
-    name (see ``io.atomic_open``).
-    """
+    """Write ``model`` (and ``model.train_state`` if it has one) to ``path`` atomically;
+    ``before_replace()`` runs just before the new file takes ``path``'s name (see
+    ``io.atomic_open``). A ``CheckpointError`` (and nothing written) when ``load`` would refuse
+    the file: parameters or optimizer state not all finite, say."""
     path = os.fspath(path)
-    state = getattr(model, "train_state", None)
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "config": model.config,
-        "blocks": [[name, a, b, list(shape)] for name, a, b, shape in model.blocks],
-        "model_rng": model.rng.host.bit_generator.state,
-    }
+    meta = {"format": FORMAT, "version": VERSION, "config": model.config,
+            "blocks": [[name, a, b, list(shape)] for name, a, b, shape in model.blocks],
+            "model_rng": model.rng.host.bit_generator.state}
     arrays = {"params": to_numpy(model.params)}
+    state = getattr(model, "train_state", None)
     if state is not None:
         opt = state.optimizer.state_dict() if state.optimizer is not None else None
-        meta.update({
-            "epoch": state.epoch,
-            "step": state.step,
-            "history": list(state.history),
-            "settings": state.settings,
-            "optimizer": None if opt is None else {k: v for k, v in opt.items() if k != "buffers"},
-            "data_rng": state.data_rng.host.bit_generator.state if state.data_rng else None,
-            "noise_rng": state.noise_rng.host.bit_generator.state if state.noise_rng else None,
-        })
-        if opt is not None:
-            arrays.update({f"opt.{name}": buf for name, buf in opt["buffers"].items()})
+        buffers = opt.pop("buffers") if opt is not None else {}
+        rngs = {key: getattr(state, key).host.bit_generator.state if getattr(state, key) else None
+                for key in ("data_rng", "noise_rng")}
+        meta.update(epoch=state.epoch, step=state.step, history=list(state.history), settings=state.settings,
+                    optimizer=opt, **rngs)
+        arrays.update({f"opt.{name}": buf for name, buf in buffers.items()})
     try:  # check what would be written exactly as load will read it
         text = json.dumps(meta, default=_json_default)
         _check_meta_size(4 * len(text))
@@ -117,13 +97,9 @@ def save(model, path, before_replace=None):
 
 
 def load(path):
-    """Read a checkpoint written by ``save``: the model, with ``model.train_state`` restored
-    when the file has one.
-
-    The whole file is checked before anything is built from it; anything that is not a
-    valid checkpoint raises ``CheckpointError``, one line naming the file and the problem
-    (``FileNotFoundError`` when there is no file).
-    """
+    """The model in a checkpoint written by ``save``, with ``model.train_state`` when the file
+    has one. Anything else: one line of ``CheckpointError`` naming the file and the problem
+    (``FileNotFoundError`` when there is no file)."""
     path = os.fspath(path)
     try:  # a directory, FIFO, socket or device is refused before it is opened for reading
         file = open_regular(path, "checkpoint file")
@@ -156,11 +132,11 @@ def _read(file):
                 raise _Invalid(f"holds pickled Python objects; refused (array {name!r} has dtype object; a "
                                "checkpoint holds plain arrays only, and loading pickles can run arbitrary code)")
         meta = _check_meta(_guard(_read_meta, archive, members["meta"], specs["meta"]))
-        need = _check_specs(specs, meta)
+        count, need = _check_specs(specs, meta)
         total = memory_bytes()
         if total and need > total:
-            raise _Invalid(f"config: a model of {_parameter_count(meta['config'])} parameters needs "
-                           f"{need / 2**30:.1f} GiB to load, more than this machine's {total / 2**30:.1f} GiB of memory")
+            raise _Invalid(f"config: a model of {count} parameters needs {need / 2**30:.1f} GiB to load, more than "
+                           f"this machine's {total / 2**30:.1f} GiB of memory")
         arrays = {name: _guard(_read_array, archive, info) for name, info in members.items() if name != "meta"}
     return meta, _check_values(arrays, meta)
 
@@ -168,10 +144,6 @@ def _read(file):
 def _build(meta, arrays):
     """The model (and its training state) from a checked file; the settings are checked by
     the constructors, whose ValueErrors name the key."""
-    from .optim import from_state_dict
-    from .train import History, TrainState
-    from .vae import VAE
-
     model = _within("config", VAE, **meta["config"])
     expected = [[name, a, b, list(shape)] for name, a, b, shape in model.blocks]
     if meta["blocks"] != expected:
@@ -192,9 +164,8 @@ def _build(meta, arrays):
                                       model.params)
         for key in ("data_rng", "noise_rng"):
             if meta[key] is not None:
-                rng = Generator(0)
-                rng.host.bit_generator.state = meta[key]
-                setattr(state, key, rng)
+                setattr(state, key, Generator(0))
+                getattr(state, key).host.bit_generator.state = meta[key]
         model.train_state = state
     return model
 
@@ -217,10 +188,9 @@ def _not_a_zip(file, head) -> str:
 
 
 def _is_pickle(data: bytes) -> bool:
-    """True when ``data`` is a pickle: protocol 2 and later announce themselves; for 0 and 1,
-    ``pickletools.dis`` (which parses and checks the opcode stream, and runs nothing) must
-    get through it to the STOP."""
-    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+    """Pickles of protocol 2 and later announce themselves; for 0 and 1, ``pickletools.dis``
+    (which parses and checks the opcode stream, and runs nothing) must get through to STOP."""
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return True
     try:
         pickletools.dis(data, out=io.StringIO())
@@ -248,16 +218,12 @@ def _read_array(archive, info):
 
 
 def _members(archive) -> dict:
-    """{array name: ZipInfo}, refusing duplicates, compressed members and anything but
-    ``meta``, ``params`` and ``opt.<buffer>`` arrays."""
+    """{array name: ZipInfo}, refusing compressed members and anything but the arrays
+    ``meta``, ``params`` and ``opt.<buffer>``."""
     members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
     if "meta" not in members or "params" not in members:
         raise _Invalid(f"not an npvae checkpoint (expected arrays 'meta' and 'params', found {_show(sorted(members))})")
-    if len(members) < len(archive.infolist()):
-        raise _Invalid("corrupt: the archive holds a member twice")
     for name, info in members.items():
-        if not info.filename.endswith(".npy"):
-            raise _Invalid(f"unexpected member {_show(info.filename)} (a checkpoint holds .npy arrays only)")
         if name not in ("meta", "params") and not name.startswith("opt."):
             raise _Invalid(f"unexpected array {_show(name)} (expected meta, params and opt.<buffer>)")
         if info.compress_type != zipfile.ZIP_STORED:  # save stores; inflating could fill memory (a zip bomb)
@@ -307,8 +273,6 @@ def _check_meta(meta) -> dict:
     """``meta``'s keys (see the module docstring) and the values the arrays are checked
     against (the sizes, the dtype, the generators' states, the history); fit's settings by
     fit's own check. ``VAE(**config)`` and ``optim.from_state_dict`` check the rest."""
-    from .train import DEFAULTS, HISTORY_COLUMNS, _check_settings
-
     if not isinstance(meta, dict):
         _fail("meta", "a JSON object", meta)
     if meta.get("format") != FORMAT:
@@ -373,19 +337,13 @@ def _check_rng(where, state):
         _fail(where, "the state of a NumPy PCG64 generator", state)
 
 
-def _parameter_count(config) -> int:
-    from .vae import parameter_count
-
-    return parameter_count(config["input_dim"], config["hidden_dims"], config["latent_dim"], config["posterior"])
-
-
 def _check_specs(specs, meta) -> int:
     """The arrays' names, dtypes and shapes (from their headers) against ``meta``; returns the
-    bytes loading needs: the arrays as read, and the model (``vae.memory_estimate``)."""
-    from .vae import memory_estimate
-
+    model's parameter count and the bytes loading needs: the arrays as read, and the model
+    (``vae.memory_estimate``)."""
     config = meta["config"]
-    count = _parameter_count(config)
+    sizes = (config["input_dim"], config["hidden_dims"], config["latent_dim"], config["posterior"])
+    count = parameter_count(*sizes)
     for name in ["params", *sorted(set(specs) - {"meta", "params"})]:
         shape, dtype = specs[name][:2]
         if name.startswith("opt.") and meta.get("optimizer") is None:
@@ -394,9 +352,7 @@ def _check_specs(specs, meta) -> int:
             raise _Invalid(f"{name}: expected a real floating-point array, got dtype {dtype}")
         if tuple(shape) != (count,):
             raise _Invalid(f"{name}: expected shape ({count},) for the saved config, got {tuple(shape)}")
-    model = memory_estimate(config["input_dim"], config["hidden_dims"], config["latent_dim"], config["posterior"],
-                            config["dtype"])
-    return sum(spec[2] for spec in specs.values()) + model.total
+    return count, sum(spec[2] for spec in specs.values()) + memory_estimate(*sizes, config["dtype"]).total
 
 
 def _check_values(arrays, meta) -> dict:
