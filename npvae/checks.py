@@ -29,7 +29,10 @@ def check_real(name, value, minimum=None, strictly_above=None) -> float:
     """``value`` as a float (Python or NumPy real, not bool), or a ValueError naming ``name``:
     finite, and ``>= minimum`` / ``> strictly_above`` when those are given."""
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(float(value))
+    try:
+        ok = ok and math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float (JSON allows any)
+        ok = False
     ok = ok and (minimum is None or float(value) >= minimum)
     ok = ok and (strictly_above is None or float(value) > strictly_above)
     if not ok:

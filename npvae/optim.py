@@ -20,7 +20,7 @@ runs the same update with fewer temporary arrays on NumPy (and as one kernel on 
 from __future__ import annotations
 
 from .backend import array_namespace, get_backend, to_numpy
-from .checks import check_real
+from .checks import check_int, check_real
 from .replaceable import replaceable
 
 
@@ -28,6 +28,7 @@ class Optimizer:
     """Base class: ``step(grads)`` updates ``params`` in place; state in ``state_dict()``."""
 
     name = "optimizer"
+    hyper: tuple = ("lr",)  # names of the hyperparameters, attributes of the same names
     buffers: tuple = ()  # names of the per-entry state arrays
 
     def __init__(self, params, lr):
@@ -39,7 +40,7 @@ class Optimizer:
             setattr(self, name, be.xp.zeros_like(params))
 
     def hyperparameters(self) -> dict:
-        return {"lr": self.lr}
+        return {name: getattr(self, name) for name in self.hyper}
 
     def step(self, grads):  # pragma: no cover - every optimizer overrides it
         raise NotImplementedError
@@ -50,17 +51,20 @@ class Optimizer:
                 "buffers": {name: to_numpy(getattr(self, name)) for name in self.buffers}}
 
     def load_state_dict(self, state: dict):
+        """Take ``t`` and the buffers from ``state``; a ValueError names what does not fit."""
         if state.get("name") != self.name:
             raise ValueError(f"optimizer: expected state of {self.name!r}, got {state.get('name')!r}")
-        self.t = int(state["t"])
-        be = get_backend()
+        t = check_int("t", state["t"], minimum=0)
+        if sorted(state["buffers"]) != sorted(self.buffers):
+            raise ValueError(f"buffers: expected {self.buffers}, got {tuple(sorted(state['buffers']))}")
         for name in self.buffers:
-            if name not in state["buffers"]:
-                raise ValueError(f"optimizer: expected the state arrays {self.buffers}, got {tuple(state['buffers'])}")
             buf = state["buffers"][name]
             if tuple(buf.shape) != tuple(self.params.shape):
-                raise ValueError(f"optimizer.{name}: expected shape {tuple(self.params.shape)}, got {tuple(buf.shape)}")
-            getattr(self, name)[...] = be.asarray(buf, dtype=be.dtype_name(self.params.dtype))
+                raise ValueError(f"{name}: expected shape {tuple(self.params.shape)}, got {tuple(buf.shape)}")
+        be = get_backend()
+        for name in self.buffers:
+            getattr(self, name)[...] = be.asarray(state["buffers"][name], dtype=be.dtype_name(self.params.dtype))
+        self.t = t
 
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
@@ -71,14 +75,12 @@ class SGD(Optimizer):
     """SGD with momentum: v <- momentum v + g; params <- params - lr v."""
 
     name = "sgd"
+    hyper = ("lr", "momentum")
     buffers = ("velocity",)
 
     def __init__(self, params, lr=1e-2, momentum=0.9):
         super().__init__(params, lr)
-        self.momentum = float(momentum)
-
-    def hyperparameters(self):
-        return {"lr": self.lr, "momentum": self.momentum}
+        self.momentum = check_real("momentum", momentum, minimum=0)
 
     def step(self, grads):
         self.t += 1
@@ -91,14 +93,12 @@ class Adagrad(Optimizer):
     """Adagrad: s <- s + g^2; params <- params - lr g / (sqrt(s) + eps)."""
 
     name = "adagrad"
+    hyper = ("lr", "eps")
     buffers = ("sum_sq",)
 
     def __init__(self, params, lr=1e-2, eps=1e-10):
         super().__init__(params, lr)
-        self.eps = float(eps)
-
-    def hyperparameters(self):
-        return {"lr": self.lr, "eps": self.eps}
+        self.eps = check_real("eps", eps, minimum=0)
 
     def step(self, grads):
         xp = array_namespace(grads)
@@ -119,23 +119,16 @@ class Adam(Optimizer):
     """
 
     name = "adam"
+    hyper = ("lr", "beta1", "beta2", "eps")
     buffers = ("m", "v")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params, lr)
+        for name, beta in zip(("beta1", "beta2"), betas, strict=True):
+            if not 0 <= check_real(name, beta) < 1:
+                raise ValueError(f"{name}: expected a number in [0, 1), got {beta!r}")
         self.beta1, self.beta2 = (float(b) for b in betas)
-        self.eps = float(eps)
-
-    def hyperparameters(self):
-        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
-
-    def load_state_dict(self, state: dict):
-        buffers = state.get("buffers", {})
-        if "m" not in buffers and {"m_sum", "v_sum"} <= set(buffers):
-            # npvae 0.1 kept the running sums m_sum = m / (1 - b1), v_sum = v / (1 - b2)
-            moments = {"m": (1.0 - self.beta1) * buffers["m_sum"], "v": (1.0 - self.beta2) * buffers["v_sum"]}
-            state = {**state, "buffers": moments}
-        super().load_state_dict(state)
+        self.eps = check_real("eps", eps, minimum=0)
 
     @replaceable
     def step(self, grads):
@@ -163,11 +156,23 @@ def make_optimizer(name: str, params, lr=None, **kwargs) -> Optimizer:
 
 
 def from_state_dict(state: dict, params) -> Optimizer:
-    """Rebuild an optimizer from ``state_dict()`` output (a checkpoint's)."""
+    """Rebuild an optimizer over ``params`` from ``state_dict()`` output (a checkpoint's): its
+    name, ``t``, exactly that optimizer's hyperparameters (checked by its constructor) and
+    buffers (each the shape of ``params``). A ValueError names the key that is wrong."""
     name = state.get("name")
-    hyper = {k: v for k, v in state.items() if k not in ("name", "t", "buffers")}
-    if name == "adam":
+    cls = OPTIMIZERS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"name: expected one of {tuple(OPTIMIZERS)}, got {name!r}")
+    keys = ("name", "t", *cls.hyper, "buffers")
+    for key in keys:
+        if key not in state:
+            raise ValueError(f"missing key {key!r}")
+    for key in state:
+        if key not in keys:
+            raise ValueError(f"unexpected key {key!r}")
+    hyper = {key: state[key] for key in cls.hyper}
+    if cls is Adam:
         hyper["betas"] = (hyper.pop("beta1"), hyper.pop("beta2"))
-    opt = make_optimizer(name, params, **hyper)
+    opt = cls(params, **hyper)
     opt.load_state_dict(state)
     return opt

@@ -39,7 +39,6 @@ from .optim import OPTIMIZERS, Optimizer, make_optimizer
 
 BINARIZE = ("none", "static", "dynamic")
 HISTORY_COLUMNS = ("epoch", "loss", "reconstruction", "kl", "beta", "test_loss", "seconds", "neg_elbo", "lr")
-HISTORY_ADDED = ("neg_elbo", "lr")  # columns that older versions did not write (last, so old readers go on)
 
 
 class TrainingError(FloatingPointError):
@@ -62,8 +61,6 @@ class History(list):
     - ``lr``: the optimizer's step size in this epoch.
     - ``test_loss``: the -ELBO on x_test after the epoch (None without x_test).
     - ``seconds``: the epoch's wall-clock time.
-
-    Histories saved by older versions lack ``neg_elbo`` and ``lr`` (missing or None).
 
     ``history.column("loss")`` gives one column as a list; ``history.to_csv(path)`` writes it.
     """

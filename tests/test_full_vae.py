@@ -114,20 +114,6 @@ def test_fit_evaluate_save_and_resume_with_a_full_posterior(tmp_path):
     assert host(loaded.sample(4)).shape == (4, 36) and host(loaded.reconstruct(x[:3])).shape == (3, 36)
 
 
-def test_an_old_checkpoint_without_posterior_loads_as_diagonal(tmp_path):
-    import json
-
-    model = npvae.VAE(6, (4,), 2)
-    npvae.save(model, tmp_path / "m.npz")
-    with np.load(tmp_path / "m.npz") as f:
-        arrays = {k: f[k] for k in f.files}
-    meta = json.loads(str(arrays["meta"]))
-    del meta["config"]["posterior"]
-    arrays["meta"] = np.array(json.dumps(meta))
-    np.savez(tmp_path / "old.npz", **arrays)
-    assert npvae.load(tmp_path / "old.npz").posterior_kind == "diagonal"
-
-
 def correlated_ppca(seed=0, d=5, z=2):
     """Probabilistic PCA with W's columns NOT orthogonal: the exact posterior
     q(z|x) = N(M^-1 W^T (x - b), M^-1), M = W^T W + I, has a correlated covariance, which the

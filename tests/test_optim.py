@@ -90,22 +90,41 @@ def test_state_dict_round_trip_continues_identically(problem):
     np.testing.assert_allclose(host(params), straight, rtol=1e-12)
 
 
-def test_adam_reads_a_state_that_holds_running_sums(problem):
-    # npvae 0.1 saved Adam's running sums m_sum = m / (1 - b1), v_sum = v / (1 - b2); such a
-    # state still resumes.
-    p0, grads = problem
-    straight, _ = run("adam", grads, p0, lr=0.01)
-    first, opt = run("adam", grads[:2], p0, lr=0.01)
-    state = opt.state_dict()
-    state["buffers"] = {"m_sum": host(opt.m) / 0.1, "v_sum": host(opt.v) / 0.001}
-    params = npvae.asarray(first, dtype="float64")
-    again = optim.from_state_dict(state, params)
-    for g in grads[2:]:
-        again.step(npvae.asarray(g, dtype="float64"))
-    np.testing.assert_allclose(host(params), straight, rtol=1e-12)
-    state["buffers"] = {"m": host(opt.m)}  # v missing: named in the error
-    with pytest.raises(ValueError, match=r"optimizer: expected the state arrays \('m', 'v'\), got \('m',\)"):
-        optim.from_state_dict(state, params)
+def test_from_state_dict_refuses_a_state_that_is_not_exactly_the_optimizers(problem):
+    # A checkpoint's optimizer state is checked where optimizers are made: the name, exactly
+    # that optimizer's keys, t, the hyperparameters (by the constructor) and the buffers.
+    _, opt = run("adam", problem[1][:2], problem[0], lr=0.01)
+    params = npvae.asarray(np.zeros(6), dtype="float64")
+    cases = [({"name": "rmsprop"}, r"^name: expected one of \('sgd', 'adagrad', 'adam'\), got 'rmsprop'$"),
+             ({"weight_decay": 0.0}, r"^unexpected key 'weight_decay'$"),
+             ({"beta2": None}, r"^missing key 'beta2'$"),
+             ({"t": -1}, r"^t: expected a non-negative integer, got -1$"),
+             ({"t": 2.0}, r"^t: expected a non-negative integer, got 2\.0$"),
+             ({"lr": "0.01"}, r"^lr: expected a positive number, got '0\.01'$"),
+             ({"beta2": 1.0}, r"^beta2: expected a number in \[0, 1\), got 1\.0$"),
+             ({"eps": -1e-8}, r"^eps: expected a non-negative number, got -1e-08$"),
+             ({"eps": 10**400}, r"^eps: expected a non-negative number, got 1000000"),
+             ({"buffers": {"m": host(opt.m)}}, r"^buffers: expected \('m', 'v'\), got \('m',\)$"),
+             ({"buffers": {"m": host(opt.m), "v": host(opt.v), "m_sum": host(opt.m)}},
+              r"^buffers: expected \('m', 'v'\), got \('m', 'm_sum', 'v'\)$"),
+             ({"buffers": {"m": host(opt.m)[:-1], "v": host(opt.v)}}, r"^m: expected shape \(6,\), got \(5,\)$")]
+    for change, pattern in cases:
+        state = {**opt.state_dict(), **change}
+        if change.get("beta2", 0) is None:
+            del state["beta2"]
+        with pytest.raises(ValueError, match=pattern):
+            optim.from_state_dict(state, params)
+
+
+@pytest.mark.parametrize("name, kwargs, pattern", [
+    ("sgd", {"momentum": -0.5}, r"^momentum: expected a non-negative number, got -0\.5$"),
+    ("adagrad", {"eps": float("nan")}, r"^eps: expected a non-negative number, got nan$"),
+    ("adam", {"betas": (1.0, 0.999)}, r"^beta1: expected a number in \[0, 1\), got 1\.0$"),
+    ("adam", {"betas": (0.9, -0.1)}, r"^beta2: expected a number in \[0, 1\), got -0\.1$"),
+])
+def test_constructors_refuse_bad_hyperparameters(name, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        optim.make_optimizer(name, npvae.asarray(np.zeros(3)), **kwargs)
 
 
 def test_bad_arguments():
