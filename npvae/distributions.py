@@ -335,21 +335,6 @@ def full_gaussian_log_density(z, mu, L):
     return -0.5 * xp.sum(u * u, axis=-1) - log_det_l - 0.5 * zdim * LOG_2PI
 
 
-def full_gaussian_log_density_at_sample(eps, log_diag):
-    """``full_gaussian_log_density(z, mu, L)`` at z = mu + L eps, from eps:
-
-        L^{-1} (z - mu) = eps,   log L_jj = s_j
-        ->  log N(z; mu, L L^T) = -1/2 ||eps||^2 - sum_j s_j - Z/2 log(2 pi)
-
-    The same number with no solve: stable when L is ill-conditioned, and it does not need
-    ``lower`` at all. (It is ``gaussian_log_density_at_sample(eps, 2 s)``.)
-
-    Args: eps: (..., Z); log_diag: s, broadcastable to (..., Z). Returns: (...).
-    """
-    xp = array_namespace(eps)
-    return -0.5 * xp.sum(LOG_2PI + 2.0 * log_diag + eps * eps, axis=-1)
-
-
 def full_gaussian_kl(mu, log_diag, lower):
     """KL(N(mu, L L^T) || N(0, I)) for each row, in nats.
 

@@ -238,7 +238,9 @@ class GaussianPosterior(NamedTuple):
         return dist.full_gaussian_log_density(z, *_against(z, self.mu, self.scale_tril))
 
     def log_prob_at_sample(self, eps):
-        return dist.full_gaussian_log_density_at_sample(eps, *_against(eps, self.log_diag))
+        """At z = mu + L eps, L^{-1} (z - mu) = eps and log det L = sum_j s_j, so log N(z; mu, L L^T)
+        = -1/2 ||eps||^2 - sum_j s_j - Z/2 log(2 pi): the diagonal formula with logvar = 2 s, no solve."""
+        return dist.gaussian_log_density_at_sample(eps, *_against(eps, 2.0 * self.log_diag))
 
 
 FAMILIES = dict(zip(POSTERIORS, (DiagonalGaussian, GaussianPosterior)))  # posterior= -> the class of Q
@@ -294,6 +296,8 @@ def _dense_layers(input_dim, hidden_dims, latent_dim, posterior) -> list[tuple[i
     """Every Dense layer of ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` as
     (n_in, n_out): encoder D -> H1 -> ... -> Hk, a head Hk -> each parameter of the posterior
     (Z for mu and logvar or log_diag, Z(Z-1)/2 for lower), decoder Z -> Hk -> ... -> H1 -> D."""
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
     z = int(latent_dim)
     encoder = [int(input_dim), *(int(h) for h in hidden_dims)]
     heads = [(encoder[-1], width) for width in FAMILIES[posterior].widths(z)]
