@@ -78,3 +78,9 @@ def test_the_posterior_is_chosen_at_construction(rng, posterior):
     np.testing.assert_allclose(host(logvar), np.log(host(fwd.q.variance)), rtol=1e-12)  # log diag(Sigma)
     np.testing.assert_allclose(np.exp(host(logvar)), np.diagonal(host(fwd.q.covariance), axis1=1, axis2=2),
                                rtol=1e-12)
+
+
+def test_an_unknown_posterior_is_refused_by_the_size_functions_too():
+    # a checkpoint's config reaches parameter_count before VAE(): it once counted "bogus" as diagonal
+    with pytest.raises(ValueError, match=r"^posterior: expected one of \('diagonal', 'full'\), got 'bogus'$"):
+        npvae.vae.parameter_count(4, (3,), 2, "bogus")
