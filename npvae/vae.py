@@ -43,9 +43,10 @@ from .random import MODEL_STREAMS, Generator, streams
 LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("diagonal", "full")
 ACTIVATIONS = tuple(layers.ACTIVATIONS)  # "relu", "tanh", "sigmoid": one registry, in layers
+
 # encode, posterior and reconstruct take the rows of x a chunk at a time, so that a chunk's
-# widest activation (Z x Z per row for the full posterior's L) holds about this many numbers:
-# their memory is bounded whatever N (16 MB a copy in float32).
+# widest activation (for the full posterior, L's Z(Z-1)/2 entries below the diagonal, per row)
+# holds about this many numbers: their memory is bounded whatever N (16 MB a copy in float32).
 CHUNK_FLOATS = 2**22
 
 
