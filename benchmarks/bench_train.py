@@ -151,7 +151,7 @@ def breakdown(model, x, batch_size, reps=40):
 
     # The step's products: forward x @ W for every Dense; backward x^T @ dout for every
     # Dense and dout @ W^T for every Dense except the first.
-    dense = [*[l for l in model.encoder.layers if l.param_shapes], model.mu_head, model.logvar_head,
+    dense = [*[l for l in model.encoder.layers if l.param_shapes], *model.head.layers.values(),
              *[l for l in model.decoder.layers if l.param_shapes]]
     inputs = {id(l): np.ones((batch_size, l.in_dim), np.float32) for l in dense}
     douts = {id(l): np.ones((batch_size, l.out_dim), np.float32) for l in dense}

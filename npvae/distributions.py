@@ -46,6 +46,16 @@ from .replaceable import replaceable
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def per_row(d):
+    """An upstream gradient per row, (N,), as a column (N, 1) that broadcasts over the row.
+
+    A Python number stands for the same gradient on every row (the model passes -1/N). Every
+    ``_backward`` that takes one number per row uses it (and so does ``npvae.fast``)."""
+    if isinstance(d, (int, float)):
+        return d
+    return array_namespace(d).reshape(d, (-1, 1))
+
+
 # ---------------------------------------------------------------------------------------
 # The posterior Q_theta(z|x) = N(mu, diag(exp(logvar))) and the reparameterization trick
 # ---------------------------------------------------------------------------------------
@@ -133,7 +143,7 @@ def gaussian_kl_backward(dkl, mu, logvar):
     Returns: dmu, dlogvar: (N, Z).
     """
     xp = array_namespace(mu)
-    dkl = _per_row(dkl)  # (N, 1), broadcast over Z
+    dkl = per_row(dkl)  # (N, 1), broadcast over Z
     return dkl * mu, dkl * (0.5 * xp.expm1(logvar))
 
 
@@ -179,7 +189,7 @@ def bernoulli_log_likelihood_backward(dlog_p, x, logits):
 
     Args: dlog_p: (N,) or one number; x, logits: (N, D). Returns: (N, D).
     """
-    return _per_row(dlog_p) * (x - sigmoid(logits))
+    return per_row(dlog_p) * (x - sigmoid(logits))
 
 
 def gaussian_log_likelihood(x, mean):
@@ -201,16 +211,7 @@ def gaussian_log_likelihood_backward(dlog_p, x, mean):
 
     Args: dlog_p: (N,) or one number; x, mean: (N, D). Returns: (N, D).
     """
-    return _per_row(dlog_p) * (x - mean)
-
-
-def _per_row(d):
-    """An upstream gradient per row, (N,), as a column (N, 1) that broadcasts over the row.
-
-    A Python number stands for the same gradient on every row (the model passes -1/N)."""
-    if isinstance(d, (int, float)):
-        return d
-    return array_namespace(d).reshape(d, (-1, 1))
+    return per_row(dlog_p) * (x - mean)
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,21 +335,6 @@ def full_gaussian_log_density(z, mu, L):
     return -0.5 * xp.sum(u * u, axis=-1) - log_det_l - 0.5 * zdim * LOG_2PI
 
 
-def full_gaussian_log_density_at_sample(eps, log_diag):
-    """``full_gaussian_log_density(z, mu, L)`` at z = mu + L eps, from eps:
-
-        L^{-1} (z - mu) = eps,   log L_jj = s_j
-        ->  log N(z; mu, L L^T) = -1/2 ||eps||^2 - sum_j s_j - Z/2 log(2 pi)
-
-    The same number with no solve: stable when L is ill-conditioned, and it does not need
-    ``lower`` at all. (It is ``gaussian_log_density_at_sample(eps, 2 s)``.)
-
-    Args: eps: (..., Z); log_diag: s, broadcastable to (..., Z). Returns: (...).
-    """
-    xp = array_namespace(eps)
-    return -0.5 * xp.sum(LOG_2PI + 2.0 * log_diag + eps * eps, axis=-1)
-
-
 def full_gaussian_kl(mu, log_diag, lower):
     """KL(N(mu, L L^T) || N(0, I)) for each row, in nats.
 
@@ -386,5 +372,5 @@ def full_gaussian_kl_backward(dkl, mu, log_diag, lower):
     Returns: dmu: (N, Z), dlog_diag: (N, Z), dlower: (N, K).
     """
     xp = array_namespace(mu)
-    dkl = _per_row(dkl)  # (N, 1), broadcast over Z and K
+    dkl = per_row(dkl)  # (N, 1), broadcast over Z and K
     return dkl * mu, dkl * xp.expm1(2.0 * log_diag), dkl * lower

@@ -37,9 +37,6 @@ class Dense:
         dW = x^T @ dout       (D_in, D_out)
         db = sum_n dout_n     (D_out,)
         dx = dout @ W^T       (N, D_in)
-
-    Initialization (``init_host``) is PyTorch's ``nn.Linear`` default, so runs compare with
-    it: W and b uniform in [-1/sqrt(D_in), 1/sqrt(D_in)].
     """
 
     def __init__(self, in_dim: int, out_dim: int):
@@ -48,6 +45,8 @@ class Dense:
         self.W = self.b = self.dW = self.db = None  # views, set by FlatParameters
 
     def init(self, rng: Generator, dtype) -> dict:
+        """PyTorch's ``nn.Linear`` default, so runs compare with it: W and b uniform in
+        [-1/sqrt(D_in), 1/sqrt(D_in)]."""
         bound = 1.0 / math.sqrt(self.in_dim)
         return {name: rng.uniform(shape, -bound, bound, dtype=dtype) for name, shape in self.param_shapes.items()}
 
@@ -194,13 +193,13 @@ class Block(NamedTuple):
 class FlatParameters:
     """All parameters in one contiguous 1-D vector, and all gradients in a second one.
 
-    ``FlatParameters([("theta.enc.0", dense0), ...], seed)`` lays the layers' parameters out
+    ``FlatParameters([("theta.encoder.0", dense0), ...], seed)`` lays the layers' parameters out
     in the order given, allocates the two vectors on the active backend, initializes the
     parameters (each layer's ``init``, drawn from ``Generator(seed)``), and binds every
     layer's ``W``, ``b``, ``dW``, ``db`` to reshaped views::
 
-        params = [ theta.enc.0.W | theta.enc.0.b | ... | phi.dec.0.W | ... ]   (P,)
-        grads  = same layout                                                  (P,)
+        params = [ theta.encoder.0.W | theta.encoder.0.b | ... | phi.decoder.0.W | ... ]   (P,)
+        grads  = same layout                                                                    (P,)
 
     ``blocks`` lists a ``Block(name, start, stop, shape)`` for each block, so a gradient check can
     report an error per block and a checkpoint can be read back by name.

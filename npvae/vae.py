@@ -4,7 +4,9 @@ Notation follows the lecture (Kingma & Welling use the opposite letters: their e
 q_phi, their decoder p_theta):
 
 - encoder Q_theta(z|X) = N(mu(X), diag(exp(logvar(X)))): an MLP trunk with two linear heads,
-  one for mu and one for logvar; its parameters are ``theta``;
+  one for mu and one for logvar (``DiagonalGaussian``), or with ``posterior="full"`` the
+  lecture's full Sigma = L L^T, with three heads: mu, log diag(L) and L's entries below the
+  diagonal (``GaussianPosterior``); its parameters are ``theta``;
 - decoder P_phi(X|z): an MLP from z to the parameters of P(X|z), logits for
   ``likelihood="bernoulli"`` or the mean of N(mean, I) for ``likelihood="gaussian"``
   (the lecture's unit-variance Gaussian); its parameters are ``phi``.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,9 +43,10 @@ from .random import MODEL_STREAMS, Generator, streams
 LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("diagonal", "full")
 ACTIVATIONS = tuple(layers.ACTIVATIONS)  # "relu", "tanh", "sigmoid": one registry, in layers
+
 # encode, posterior and reconstruct take the rows of x a chunk at a time, so that a chunk's
-# widest activation (Z x Z per row for the full posterior's L) holds about this many numbers:
-# their memory is bounded whatever N (16 MB a copy in float32).
+# widest activation (for the full posterior, L's Z(Z-1)/2 entries below the diagonal, per row)
+# holds about this many numbers: their memory is bounded whatever N (16 MB a copy in float32).
 CHUNK_FLOATS = 2**22
 
 
@@ -82,94 +86,198 @@ class LossAndGrads:
 class Forward:
     """What ``VAE.forward`` computes for a batch, and what ``VAE.backward`` needs.
 
-    ``x`` (N, D); ``mu``, ``eps``, ``z`` (N, Z); ``out`` (N, D), the decoder's output (logits or
-    mean); ``log_p`` (N,), log P_phi(x|z) per row; ``kl`` (N,), KL(Q_theta(z|x) || N(0, I)) per
-    row; ``caches``, the layers' caches. The posterior's scale: ``logvar`` (N, Z) for the
-    diagonal one; ``log_diag`` (N, Z), ``lower`` (N, Z(Z-1)/2) and ``L`` (N, Z, Z) for the
-    full one (the others None).
+    ``x`` (N, D); ``eps``, ``z`` (N, Z); ``q``, Q_theta(z|x) of each row (``DiagonalGaussian``
+    or ``GaussianPosterior``: mu (N, Z) and the parameters of Sigma); ``out`` (N, D), the
+    decoder's output (logits or mean); ``log_p`` (N,), log P_phi(x|z) per row; ``kl`` (N,),
+    KL(Q_theta(z|x) || N(0, I)) per row; and the caches of the encoder's trunk, of its head and
+    of the decoder.
     """
 
     x: object
-    mu: object
     eps: object
+    q: object
     z: object
     out: object
     log_p: object
     kl: object
-    caches: tuple
-    logvar: object = None
-    log_diag: object = None
-    lower: object = None
-    L: object = None
+    encoder_cache: list
+    head_cache: list
+    decoder_cache: list
 
 
-class GaussianPosterior:
-    """Q_theta(z|x) = N(mean, Sigma), Sigma = L L^T, for each of N rows, with the names of
-    ``torch.distributions.MultivariateNormal``: ``mean`` (N, Z), ``scale_tril`` L (N, Z, Z),
-    ``covariance`` (N, Z, Z), ``kl()`` = KL(Q || N(0, I)) (N,) in nats, ``log_prob(z)`` (N,),
-    ``rsample(eps)`` = mean + L eps, ``variance`` = the diagonal of Sigma (N, Z).
+class DiagonalGaussian(NamedTuple):
+    """Q_theta(z|x) = N(mu, diag(exp(logvar))) for each of N rows (``posterior="diagonal"``).
 
-    Diagonal (``logvar`` given): L = diag(exp(logvar / 2)), and every method runs the
-    diagonal functions of ``distributions``. Full (``log_diag`` and ``lower`` given):
-    L = diag(exp(log_diag)) + the strictly-lower matrix of ``lower`` (N, Z(Z-1)/2), row by row.
+    The fields are its parameters, mu and logvar (N, Z), each the output of one Dense head.
+    The rest has the names of ``torch.distributions.MultivariateNormal``: ``mean`` (mu),
+    ``scale_tril`` L = diag(exp(logvar / 2)) (N, Z, Z), ``covariance`` L L^T (N, Z, Z),
+    ``variance`` (N, Z), ``kl()`` = KL(Q || N(0, I)) (N,) in nats, ``log_prob(z)``,
+    ``rsample(eps)`` = mu + L eps; and for training the backward of the two the loss uses,
+    ``rsample_backward(dz, eps)`` and ``kl_backward(dkl)``, each (dmu, dlogvar). Each method
+    is a function of ``distributions``.
     """
 
-    def __init__(self, mean, logvar=None, log_diag=None, lower=None):
-        self.mean, self.logvar, self.lower = mean, logvar, lower
-        self.log_diag = 0.5 * logvar if logvar is not None else log_diag
-        self.xp = array_namespace(mean)
+    mu: object
+    logvar: object
+
+    @staticmethod
+    def widths(z):
+        """The widths of the fields for a latent dimension Z: the outputs of the heads."""
+        return z, z
+
+    @property
+    def mean(self):
+        return self.mu
+
+    @property
+    def log_diag(self):
+        """log diag(L) = logvar / 2 = log sigma, (N, Z)."""
+        return 0.5 * self.logvar
+
+    @property
+    def variance(self):
+        return array_namespace(self.logvar).exp(self.logvar)
 
     @property
     def scale_tril(self):
-        if self.lower is not None:
-            return dist.scale_tril(self.log_diag, self.lower)
-        sigma = self.xp.exp(self.log_diag)  # (N, Z)
-        return sigma[..., None] * self.xp.eye(sigma.shape[-1], dtype=sigma.dtype, **_device_of(sigma))  # diag(sigma)
+        xp = array_namespace(self.logvar)
+        sigma = xp.exp(self.log_diag)  # (N, Z)
+        return xp.tril(xp.triu(sigma[..., :, None] * xp.ones_like(sigma)[..., None, :]))  # diag(sigma), (N, Z, Z)
 
     @property
     def covariance(self):
         L = self.scale_tril
         return L @ L.mT  # Sigma = L L^T, (N, Z, Z)
 
-    @property
-    def variance(self):
-        """The diagonal of Sigma, each z_j's marginal variance, (N, Z), without building L:
-        Sigma_jj = sum_k L_jk^2 = exp(2 s_j) + the squares of row j's entries in ``lower``."""
-        if self.lower is None:
-            return self.xp.exp(self.logvar)
-        z = self.log_diag.shape[-1]
-        below = [self.xp.sum(self.lower[..., j * (j - 1) // 2 : j * (j + 1) // 2] ** 2, axis=-1) for j in range(z)]
-        return self.xp.exp(2.0 * self.log_diag) + self.xp.stack(below, axis=-1)
+    def rsample(self, eps):
+        """z = mu + exp(logvar / 2) * eps for eps (N, Z), or (N, k, Z) for k draws of each row."""
+        return dist.reparameterize(*_against(eps, self.mu, self.logvar), eps)
+
+    def rsample_backward(self, dz, eps):
+        """dz (N, Z) -> (dmu, dlogvar): dmu = dz, dlogvar = dz * exp(logvar / 2) * eps / 2."""
+        return dist.reparameterize_backward(dz, self.logvar, eps)
 
     def kl(self):
-        if self.lower is None:
-            return dist.gaussian_kl(self.mean, self.logvar)
-        return dist.full_gaussian_kl(self.mean, self.log_diag, self.lower)
+        """KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j), (N,)."""
+        return dist.gaussian_kl(self.mu, self.logvar)
+
+    def kl_backward(self, dkl):
+        """dkl (N,) or a number -> (dmu, dlogvar) = (dkl mu, dkl (exp(logvar) - 1) / 2)."""
+        return dist.gaussian_kl_backward(dkl, self.mu, self.logvar)
 
     def log_prob(self, z):
-        """log N(z; mean, Sigma) for z (N, Z), or (N, k, Z) for k points of each row: (N,) or (N, k)."""
-        if self.lower is None:
-            return dist.gaussian_log_density(z, *self._against(z, self.mean, self.logvar))
-        return dist.full_gaussian_log_density(z, *self._against(z, self.mean, self.scale_tril))
-
-    def rsample(self, eps):
-        """z = mean + L eps for eps (N, Z), or (N, k, Z) for k draws of each row."""
-        if self.lower is None:
-            return dist.reparameterize(*self._against(eps, self.mean, self.logvar), eps)
-        return dist.reparameterize_full(*self._against(eps, self.mean, self.scale_tril), eps)
+        """log N(z; mu, Sigma) for z (N, Z), or (N, k, Z) for k points of each row: (N,) or (N, k)."""
+        return dist.gaussian_log_density(z, *_against(z, self.mu, self.logvar))
 
     def log_prob_at_sample(self, eps):
         """``log_prob(rsample(eps))``, computed from eps: stable where Sigma is nearly singular."""
-        if self.lower is None:
-            return dist.gaussian_log_density_at_sample(eps, *self._against(eps, self.logvar))
-        return dist.full_gaussian_log_density_at_sample(eps, *self._against(eps, self.log_diag))
+        return dist.gaussian_log_density_at_sample(eps, *_against(eps, self.logvar))
 
-    def _against(self, points, *params):
-        """``params`` (N, ...) as they broadcast against ``points``: unchanged for points (N, Z),
-        (N, 1, ...) for points (N, k, Z), one row against its k points."""
-        if points.ndim != 3:
-            return params
-        return [self.xp.reshape(a, (a.shape[0], 1, *a.shape[1:])) for a in params]
+
+class GaussianPosterior(NamedTuple):
+    """Q_theta(z|x) = N(mu, Sigma), Sigma = L L^T, for each of N rows (``posterior="full"``).
+
+    The fields are its parameters, each the output of one Dense head: mu (N, Z), log_diag
+    s = log diag(L) (N, Z) and lower (N, K), the K = Z(Z-1)/2 entries of L below its diagonal,
+    row by row (``distributions.scale_tril``). The rest is as in ``DiagonalGaussian``, with
+    ``rsample_backward`` and ``kl_backward`` giving (dmu, dlog_diag, dlower); ``logvar`` is
+    log diag(Sigma), each z_j's marginal log-variance.
+    """
+
+    mu: object
+    log_diag: object
+    lower: object
+
+    @staticmethod
+    def widths(z):
+        return z, z, dist.lower_size(z)
+
+    @property
+    def mean(self):
+        return self.mu
+
+    @property
+    def logvar(self):
+        return array_namespace(self.mu).log(self.variance)
+
+    @property
+    def variance(self):
+        """The diagonal of Sigma, (N, Z), without building L:
+        Sigma_jj = sum_k L_jk^2 = exp(2 s_j) + the squares of row j's entries in ``lower``."""
+        xp = array_namespace(self.lower)
+        below = [xp.sum(self.lower[..., j * (j - 1) // 2 : j * (j + 1) // 2] ** 2, axis=-1)
+                 for j in range(self.log_diag.shape[-1])]
+        return xp.exp(2.0 * self.log_diag) + xp.stack(below, axis=-1)
+
+    @property
+    def scale_tril(self):
+        return dist.scale_tril(self.log_diag, self.lower)
+
+    @property
+    def covariance(self):
+        L = self.scale_tril
+        return L @ L.mT  # Sigma = L L^T, (N, Z, Z)
+
+    def rsample(self, eps):
+        """z = mu + L eps for eps (N, Z), or (N, k, Z) for k draws of each row."""
+        return dist.reparameterize_full(*_against(eps, self.mu, self.scale_tril), eps)
+
+    def rsample_backward(self, dz, eps):
+        """Through z = mu + L eps, then L = diag(exp(s)) + lower: (dmu, dlog_diag, dlower)."""
+        dmu, dL = dist.reparameterize_full_backward(dz, eps)  # dL (N, Z, Z)
+        return (dmu, *dist.scale_tril_backward(dL, self.log_diag))
+
+    def kl(self):
+        """KL = 1/2 (tr Sigma + ||mu||^2 - Z - log det Sigma), (N,)."""
+        return dist.full_gaussian_kl(self.mu, self.log_diag, self.lower)
+
+    def kl_backward(self, dkl):
+        """dkl (N,) or a number -> (dmu, dlog_diag, dlower) = dkl (mu, exp(2 s) - 1, lower)."""
+        return dist.full_gaussian_kl_backward(dkl, self.mu, self.log_diag, self.lower)
+
+    def log_prob(self, z):
+        return dist.full_gaussian_log_density(z, *_against(z, self.mu, self.scale_tril))
+
+    def log_prob_at_sample(self, eps):
+        """At z = mu + L eps, L^{-1} (z - mu) = eps and log det L = sum_j s_j, so log N(z; mu, L L^T)
+        = -1/2 ||eps||^2 - sum_j s_j - Z/2 log(2 pi): the diagonal formula with logvar = 2 s, no solve."""
+        return dist.gaussian_log_density_at_sample(eps, *_against(eps, 2.0 * self.log_diag))
+
+
+FAMILIES = dict(zip(POSTERIORS, (DiagonalGaussian, GaussianPosterior)))  # posterior= -> the class of Q
+
+
+def _against(points, *params):
+    """A posterior's ``params`` (N, ...) as they broadcast against ``points``: unchanged for
+    points (N, Z), (N, 1, ...) for points (N, k, Z), one row against its k points."""
+    if points.ndim != 3:
+        return params
+    return [array_namespace(a).reshape(a, (a.shape[0], 1, *a.shape[1:])) for a in params]
+
+
+class GaussianHead:
+    """The encoder's head: one Dense layer from the trunk's output h (N, H) to each parameter
+    of Q_theta(z|x), side by side. ``family`` is the posterior's class (its fields name the
+    parameters and the blocks ``theta.<field>``); ``layers`` maps each field to its Dense.
+
+        forward:   q = family(h @ W_mu + b_mu, h @ W_logvar + b_logvar, ...)
+        backward:  dh = sum over the heads of dparam @ W^T   (every head reads h, so theirs add)
+    """
+
+    def __init__(self, family, h_dim, z_dim):
+        self.family = family
+        self.layers = {name: Dense(h_dim, width) for name, width in zip(family._fields, family.widths(z_dim))}
+
+    def forward(self, h):
+        """h (N, H) -> q, the posterior of each row, and the heads' caches."""
+        outs = [layer.forward(h) for layer in self.layers.values()]
+        return self.family(*(out for out, _ in outs)), [cache for _, cache in outs]
+
+    def backward(self, dq, caches):
+        """dq: the loss's gradients w.r.t. q's fields, in their order -> dh (N, H); fills the
+        heads' dW and db."""
+        dh = [layer.backward(d, cache) for layer, d, cache in zip(self.layers.values(), dq, caches)]
+        return sum(dh[1:], dh[0])  # every head reads h, so their gradients add
 
 
 def _check_real_dtype(name, a, given):
@@ -185,23 +293,17 @@ def _check_real_dtype(name, a, given):
         raise ValueError(f"{name}: expected real numbers (a float, integer or bool array), got dtype {a.dtype}{source}")
 
 
-def _device_of(a) -> dict:
-    """``{"device": a.device}`` where the namespace takes that argument, else {} (CuPy)."""
-    return {} if type(a).__module__.startswith("cupy") else {"device": a.device}
-
-
 def _dense_layers(input_dim, hidden_dims, latent_dim, posterior) -> list[tuple[int, int]]:
     """Every Dense layer of ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` as
-    (n_in, n_out): encoder D -> H1 -> ... -> Hk, heads Hk -> Z (mu) and Hk -> Z (logvar; for
-    "full": log of L's diagonal) and, for "full", Hk -> Z(Z-1)/2 (L's strictly-lower entries);
-    decoder Z -> Hk -> ... -> H1 -> D."""
+    (n_in, n_out): encoder D -> H1 -> ... -> Hk, a head Hk -> each parameter of the posterior
+    (Z for mu and logvar or log_diag, Z(Z-1)/2 for lower), decoder Z -> Hk -> ... -> H1 -> D."""
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
     z = int(latent_dim)
     encoder = [int(input_dim), *(int(h) for h in hidden_dims)]
-    found = list(zip(encoder[:-1], encoder[1:])) + [(encoder[-1], z), (encoder[-1], z)]
-    if posterior == "full":
-        found.append((encoder[-1], z * (z - 1) // 2))
+    heads = [(encoder[-1], width) for width in FAMILIES[posterior].widths(z)]
     decoder = [z, *reversed(encoder)]
-    return found + list(zip(decoder[:-1], decoder[1:]))
+    return list(zip(encoder[:-1], encoder[1:])) + heads + list(zip(decoder[:-1], decoder[1:]))
 
 
 def parameter_count(input_dim, hidden_dims, latent_dim, posterior="diagonal") -> int:
@@ -311,9 +413,11 @@ class VAE:
         latent_dim: Z.
         likelihood: ``"bernoulli"`` (x in [0, 1]; the decoder gives logits) or
             ``"gaussian"`` (unit variance; the decoder gives the mean).
-        activation: ``"relu"`` or ``"tanh"``.
+        activation: ``"relu"``, ``"tanh"`` or ``"sigmoid"``.
         dtype: ``"float32"`` (training) or ``"float64"`` (gradient checks).
         seed: initializes the parameters and the model's own noise generator ``model.rng``.
+        posterior: ``"diagonal"``, Q_theta(z|x) = N(mu, diag(exp(logvar))), or ``"full"``,
+            N(mu, L L^T) (``DiagonalGaussian``, ``GaussianPosterior``): chosen here, once.
 
     Shapes: x (N, D) -> mu, logvar (N, Z); z (N, Z) -> decode(z) (N, D).
     """
@@ -343,27 +447,19 @@ class VAE:
         self.input_dim, self.latent_dim = int(input_dim), int(latent_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         self.likelihood, self.activation, self.dtype = likelihood, activation, dtype
-        self.seed = seed
+        self.seed, self.posterior_kind = seed, posterior
         self.backend = get_backend()
         self.xp = self.backend.xp
 
         D, H, Z = self.input_dim, self.hidden_dims, self.latent_dim
-        # theta: the encoder trunk and its two heads.
+        # theta: the encoder, a trunk and a head that gives the posterior's parameters.
         self.encoder = MLP((D, *H), activation, activate_last=True)  # (N, D) -> (N, H[-1])
-        h_last = H[-1] if H else D
-        self.mu_head = Dense(h_last, Z)  # (N, H[-1]) -> (N, Z)
-        self.posterior_kind = posterior
-        self.logvar_head = Dense(h_last, Z)  # (N, H[-1]) -> (N, Z): logvar, or for "full" s = log diag(L)
-        self.lower_head = Dense(h_last, Z * (Z - 1) // 2) if posterior == "full" else None  # L's lower entries
-        # phi: the decoder mirrors the encoder.
+        self.head = GaussianHead(FAMILIES[posterior], H[-1] if H else D, Z)  # (N, H[-1]) -> Q_theta(z|x)
+        # phi: the decoder mirrors the trunk.
         self.decoder = MLP((Z, *reversed(H), D), activation)  # (N, Z) -> (N, D)
 
         theta_layers = [(f"theta.encoder.{i}", layer) for i, layer in self.encoder.named_layers()]
-        if posterior == "full":
-            theta_layers += [("theta.mu", self.mu_head), ("theta.log_diag", self.logvar_head),
-                             ("theta.lower", self.lower_head)]
-        else:
-            theta_layers += [("theta.mu", self.mu_head), ("theta.logvar", self.logvar_head)]
+        theta_layers += [(f"theta.{name}", layer) for name, layer in self.head.layers.items()]
         phi_layers = [(f"phi.decoder.{i}", layer) for i, layer in self.decoder.named_layers()]
 
         seeds = streams(seed, MODEL_STREAMS)
@@ -406,40 +502,37 @@ class VAE:
         at a time (``chunk_rows``), so memory beyond the result stays bounded.
         """
 
-        def mean_and_logvar(xb):
-            q = GaussianPosterior(*self._encoder_heads(xb))
-            return q.mean, q.logvar if q.lower is None else self.xp.log(q.variance)
+        def mu_and_logvar(xb):
+            q = self._encode(xb)[0]
+            return q.mu, q.logvar
 
-        return self._by_rows(mean_and_logvar, self.check_x(x))
+        return self._by_rows(mu_and_logvar, self.check_x(x))
 
-    def posterior(self, x) -> GaussianPosterior:
-        """Q_theta(z|x) for each row of x (N, D), as a ``GaussianPosterior`` (mean,
-        scale_tril, covariance, kl(), log_prob(z), rsample(eps)). Its parameters are computed
-        a chunk of rows at a time; ``scale_tril`` and ``covariance`` are (N, Z, Z) when asked for."""
-        return GaussianPosterior(*self._by_rows(self._encoder_heads, self.check_x(x)))
+    def posterior(self, x):
+        """Q_theta(z|x) for each row of x (N, D), a ``DiagonalGaussian`` or a ``GaussianPosterior``
+        (mean, scale_tril, covariance, kl(), log_prob(z), rsample(eps)). Its parameters are
+        computed a chunk of rows at a time; ``scale_tril`` and ``covariance`` are (N, Z, Z) when
+        asked for."""
+        return self.head.family(*self._by_rows(lambda xb: self._encode(xb)[0], self.check_x(x)))
 
-    def _encoder_heads(self, x):
-        """The encoder's heads for x (N, D): (mu, logvar) or, full, (mu, None, log_diag, lower)."""
-        h, _ = self.encoder.forward(x)  # (N, H[-1])
-        mu, _ = self.mu_head.forward(h)  # (N, Z)
-        scale, _ = self.logvar_head.forward(h)  # (N, Z): logvar, or s = log diag(L)
-        if self.posterior_kind == "diagonal":
-            return mu, scale
-        lower, _ = self.lower_head.forward(h)  # (N, Z(Z-1)/2)
-        return mu, None, scale, lower
+    def _encode(self, x):
+        """The encoder, as ``forward`` runs it: x (N, D) -> q, Q_theta(z|x) of each row, and the
+        caches of the trunk and of the head."""
+        h, encoder_cache = self.encoder.forward(x)  # (N, H[-1])
+        q, head_cache = self.head.forward(h)  # mu (N, Z) and the parameters of Sigma
+        return q, encoder_cache, head_cache
 
     @property
     def chunk_rows(self) -> int:
         """How many rows ``encode``, ``posterior`` and ``reconstruct`` take at once: about
         ``CHUNK_FLOATS`` numbers in the widest activation of a chunk (for the full posterior,
         L's Z(Z-1)/2 entries below the diagonal, a row)."""
-        lower = self.lower_head.out_dim if self.lower_head else 0
-        widest = max(self.input_dim, *self.hidden_dims, self.latent_dim, lower)
+        widest = max(self.input_dim, *self.hidden_dims, *(head.out_dim for head in self.head.layers.values()))
         return max(1, CHUNK_FLOATS // widest)
 
     def _by_rows(self, fn, x):
-        """``fn(x)`` for x (N, D), a tuple of (N, ...) arrays (or Nones), computed ``chunk_rows``
-        rows at a time and put together in arrays allocated once."""
+        """``fn(x)`` for x (N, D), a tuple of (N, ...) arrays, computed ``chunk_rows`` rows at a
+        time and put together in arrays allocated once."""
         n, step = int(x.shape[0]), self.chunk_rows
         if n <= step:
             return fn(x)
@@ -448,10 +541,9 @@ class VAE:
             b = min(a + step, n)
             parts = fn(x[a:b, ...])
             if out is None:
-                out = [None if p is None else self.backend.zeros((n, *p.shape[1:]), self.dtype) for p in parts]
+                out = [self.backend.zeros((n, *p.shape[1:]), self.dtype) for p in parts]
             for whole, part in zip(out, parts):
-                if part is not None:
-                    whole[a:b, ...] = part
+                whole[a:b, ...] = part
         return tuple(out)
 
     def decode(self, z):
@@ -483,72 +575,50 @@ class VAE:
 
     def reconstruct(self, x):
         """E[x|z] at z = mu(x), the posterior mean: x (N, D) -> (N, D), ``chunk_rows`` rows at a time."""
-        return self._by_rows(lambda xb: (self.mean(self.decode(self._encoder_heads(xb)[0])),), self.check_x(x))[0]
+        return self._by_rows(lambda xb: (self.mean(self.decode(self._encode(xb)[0].mu)),), self.check_x(x))[0]
 
     # -- the forward pass, and right below it the backward pass ------------------------------
     def forward(self, x, eps) -> Forward:
         """One pass of the model for a batch x (N, D) and noise eps (N, Z):
 
-            mu, logvar = encoder(x)                  Q_theta(z|x)         (N, Z), (N, Z)
-            z = mu + exp(logvar / 2) * eps           reparameterization   (N, Z)
+            q = encoder(x)                           Q_theta(z|x): mu, and Sigma's parameters
+            z = q.rsample(eps)                       reparameterization   (N, Z)
             out = decoder(z)                         P_phi(x|z)           (N, D)
-            log_p = log P_phi(x|z), kl = KL(Q_theta(z|x) || N(0, I))     (N,), (N,)
+            log_p = log P_phi(x|z), kl = q.kl()      KL(Q_theta(z|x) || N(0, I))   (N,), (N,)
 
-        With ``posterior="full"`` the encoder's heads give mu, s = log diag(L) and L's
-        strictly-lower entries, Sigma = L L^T, and z = mu + L eps (``distributions``' full
-        covariance section). Returns a ``Forward`` with all of these and the layers' caches,
-        which ``backward`` needs. Only shapes are checked (``loss_and_grads`` also checks the
-        values of x).
+        For the diagonal posterior q is (mu, logvar) and z = mu + exp(logvar / 2) * eps; for
+        the full one q is (mu, s = log diag(L), L's strictly-lower entries), Sigma = L L^T and
+        z = mu + L eps (``distributions``' full covariance section). Returns a ``Forward`` with
+        all of these and the layers' caches, which ``backward`` needs. Only shapes are checked
+        (``loss_and_grads`` also checks the values of x).
         """
         x = self._check_array("x", x, self.input_dim)
         eps = self._check_array("eps", eps, self.latent_dim)
         if eps.shape[0] != x.shape[0]:
             raise ValueError(f"eps: expected shape {(x.shape[0], self.latent_dim)}, got {tuple(eps.shape)}")
-        h, h_cache = self.encoder.forward(x)  # (N, H[-1])
-        mu, mu_cache = self.mu_head.forward(h)  # (N, Z)
-        if self.posterior_kind == "diagonal":
-            logvar, logvar_cache = self.logvar_head.forward(h)  # (N, Z)
-            z = dist.reparameterize(mu, logvar, eps)  # (N, Z)
-            kl = dist.gaussian_kl(mu, logvar)  # (N,)
-            scale, head_caches = {"logvar": logvar}, (logvar_cache,)
-        else:  # full covariance: Sigma = L L^T
-            log_diag, log_diag_cache = self.logvar_head.forward(h)  # (N, Z): s = log diag(L)
-            lower, lower_cache = self.lower_head.forward(h)  # (N, Z(Z-1)/2)
-            L = dist.scale_tril(log_diag, lower)  # (N, Z, Z)
-            z = dist.reparameterize_full(mu, L, eps)  # (N, Z)
-            kl = dist.full_gaussian_kl(mu, log_diag, lower)  # (N,)
-            scale, head_caches = {"log_diag": log_diag, "lower": lower, "L": L}, (log_diag_cache, lower_cache)
-        out, decoder_caches = self.decoder.forward(z)  # (N, D)
+        q, encoder_cache, head_cache = self._encode(x)
+        z = q.rsample(eps)  # (N, Z)
+        kl = q.kl()  # (N,)
+        out, decoder_cache = self.decoder.forward(z)  # (N, D)
         log_p = self.log_p_x_given_z(x, out)  # (N,)
-        return Forward(x, mu, eps=eps, z=z, out=out, log_p=log_p, kl=kl,
-                       caches=(h_cache, mu_cache, head_caches, decoder_caches), **scale)
+        return Forward(x, eps, q, z, out, log_p, kl, encoder_cache, head_cache, decoder_cache)
 
     def backward(self, fwd: Forward, beta=1.0):
         """The gradient of loss = mean_n[ -log P(x_n|z_n) ] + beta * mean_n[ KL_n ] with respect
         to every parameter, for the batch of ``fwd = forward(x, eps)``: the same steps in
         reverse, with the same eps. Writes it into ``model.grads`` (P,) and returns that."""
         beta = check_real("beta", beta, minimum=0)
-        h_cache, mu_cache, head_caches, decoder_caches = fwd.caches
         n = fwd.x.shape[0]
         # Each row enters the mean with weight 1/N, and the loss is -log P: d loss / d log P_n = -1/N.
         if self.likelihood == "bernoulli":
             dout = dist.bernoulli_log_likelihood_backward(-1.0 / n, fwd.x, fwd.out)  # (N, D)
         else:
             dout = dist.gaussian_log_likelihood_backward(-1.0 / n, fwd.x, fwd.out)  # (N, D)
-        dz = self.decoder.backward(dout, decoder_caches)  # (N, Z), fills d phi
-        if self.posterior_kind == "diagonal":
-            dmu, dlogvar = dist.reparameterize_backward(dz, fwd.logvar, fwd.eps)  # the same eps
-            dmu_kl, dlogvar_kl = dist.gaussian_kl_backward(beta / n, fwd.mu, fwd.logvar)  # d loss / d KL_n = beta/N
-            dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl  # (N, Z) each
-            dh = self.mu_head.backward(dmu, mu_cache) + self.logvar_head.backward(dlogvar, head_caches[0])
-        else:
-            dmu, dL = dist.reparameterize_full_backward(dz, fwd.eps)  # the same eps; dL (N, Z, Z)
-            dlog_diag, dlower = dist.scale_tril_backward(dL, fwd.log_diag)  # through L = diag(e^s) + lower
-            dmu_kl, dlog_diag_kl, dlower_kl = dist.full_gaussian_kl_backward(beta / n, fwd.mu, fwd.log_diag, fwd.lower)
-            dmu, dlog_diag, dlower = dmu + dmu_kl, dlog_diag + dlog_diag_kl, dlower + dlower_kl
-            dh = (self.mu_head.backward(dmu, mu_cache) + self.logvar_head.backward(dlog_diag, head_caches[0])
-                  + self.lower_head.backward(dlower, head_caches[1]))
-        self.encoder.backward(dh, h_cache, need_dx=False)  # fills d theta; x needs no gradient
+        dz = self.decoder.backward(dout, fwd.decoder_cache)  # (N, Z), fills d phi
+        dq_z = fwd.q.rsample_backward(dz, fwd.eps)  # through z, with the same eps: d loss / d each field of q
+        dq_kl = fwd.q.kl_backward(beta / n)  # through the KL: d loss / d KL_n = beta/N
+        dh = self.head.backward([a + b for a, b in zip(dq_z, dq_kl)], fwd.head_cache)  # (N, H[-1])
+        self.encoder.backward(dh, fwd.encoder_cache, need_dx=False)  # fills d theta; x needs no gradient
         return self.grads
 
     # -- the loss and its gradient, for a user ---------------------------------------------------

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from npvae import distributions as dist
 from npvae.random import Generator
 from npvae.gradcheck import assert_gradients_match, numerical_gradient
+from npvae.vae import GaussianPosterior
 from conftest import host, joined, on_backend, values, weighted_sum
 
 rows, dims = st.integers(1, 3), st.integers(1, 4)
@@ -209,13 +210,13 @@ def test_full_log_density_matches_numpy_linalg(rng):
 
 
 def test_full_log_density_at_sample_equals_the_density_at_z():
-    mu, s, lower = on_backend(MU[None, None], S[None, None], LOWER[None, None])
-    eps = Generator(5).standard_normal((1, 8, 3), dtype="float64")
-    L = dist.scale_tril(s, lower)
-    z = dist.reparameterize_full(mu, L, eps)
-    at_sample = host(dist.full_gaussian_log_density_at_sample(eps, s))
+    q = GaussianPosterior(*on_backend(MU[None], S[None], LOWER[None]))  # one row
+    eps = Generator(5).standard_normal((1, 8, 3), dtype="float64")  # 8 draws of it
+    at_sample = host(q.log_prob_at_sample(eps))
     assert at_sample.shape == (1, 8)
-    np.testing.assert_allclose(at_sample, host(dist.full_gaussian_log_density(z, mu, L)), rtol=1e-10)
+    L = host(q.scale_tril)[0]
+    z = host(q.rsample(eps))[0]  # mu + L eps, (8, 3)
+    np.testing.assert_allclose(at_sample[0], numpy_log_density(z, MU, L @ L.T), rtol=1e-10)
 
 
 # --- with lower = 0: the diagonal Gaussian, logvar = 2 s -----------------------------------
@@ -233,7 +234,6 @@ def test_with_no_correlations_everything_is_the_diagonal_gaussian(rng):
     same(dist.reparameterize_full(mu, L, eps), dist.reparameterize(mu, logvar, eps))
     same(dist.full_gaussian_kl(mu, s, lower), dist.gaussian_kl(mu, logvar))
     same(dist.full_gaussian_log_density(zz, mu, L), dist.gaussian_log_density(zz, mu, logvar))
-    same(dist.full_gaussian_log_density_at_sample(eps, s), dist.gaussian_log_density_at_sample(eps, logvar))
     # and the gradients: dlogvar = dlog_diag / 2 (s = logvar / 2)
     g_kl = on_backend(rng.uniform(-1, 1, (n,)))[0]
     full, diag = dist.full_gaussian_kl_backward(g_kl, mu, s, lower), dist.gaussian_kl_backward(g_kl, mu, logvar)

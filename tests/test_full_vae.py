@@ -145,19 +145,19 @@ def test_ppca_log_likelihood_is_exact_with_the_full_proposal_and_noisier_with_th
     post_w = w @ m_inv  # mu = (x - b) W M^-1
     # the exact posterior, as the full encoder's heads
     full = linear_vae(w, b, "full")
-    full.mu_head.W[...] = npvae.asarray(post_w)
-    full.mu_head.b[...] = npvae.asarray(-(b @ post_w))
+    full.head.layers["mu"].W[...] = npvae.asarray(post_w)
+    full.head.layers["mu"].b[...] = npvae.asarray(-(b @ post_w))
     chol = np.linalg.cholesky(m_inv)
-    full.logvar_head.W[...] = 0.0
-    full.logvar_head.b[...] = npvae.asarray(np.log(np.diag(chol)))
-    full.lower_head.W[...] = 0.0
-    full.lower_head.b[...] = npvae.asarray(chol[np.tril_indices(2, -1)])
+    full.head.layers["log_diag"].W[...] = 0.0
+    full.head.layers["log_diag"].b[...] = npvae.asarray(np.log(np.diag(chol)))
+    full.head.layers["lower"].W[...] = 0.0
+    full.head.layers["lower"].b[...] = npvae.asarray(chol[np.tril_indices(2, -1)])
     # the best diagonal Gaussian (the KL(q||p)-optimal one: precision = diag(M)), same mean
     diag = linear_vae(w, b, "diagonal")
-    diag.mu_head.W[...] = npvae.asarray(post_w)
-    diag.mu_head.b[...] = npvae.asarray(-(b @ post_w))
-    diag.logvar_head.W[...] = 0.0
-    diag.logvar_head.b[...] = npvae.asarray(-np.log(np.diag(m)))
+    diag.head.layers["mu"].W[...] = npvae.asarray(post_w)
+    diag.head.layers["mu"].b[...] = npvae.asarray(-(b @ post_w))
+    diag.head.layers["logvar"].W[...] = 0.0
+    diag.head.layers["logvar"].b[...] = npvae.asarray(-np.log(np.diag(m)))
     k = 10
     est_full = np.array([npvae.log_marginal_likelihood(full, x, k=k, seed=s, per_example=True) for s in range(8)])
     est_diag = np.array([npvae.log_marginal_likelihood(diag, x, k=k, seed=s, per_example=True) for s in range(8)])

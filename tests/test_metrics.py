@@ -66,10 +66,10 @@ def ppca(d=5, z=2, seed=0):
 
 def test_exact_posterior_makes_the_estimate_exact_for_any_k_and_chunking():
     model, x, true, w, b, m_diag = ppca()
-    model.mu_head.W[...] = npvae.asarray(w / m_diag)  # mu = (x - b) W M^-1 = x @ (W / m) + (-b W / m)
-    model.mu_head.b[...] = npvae.asarray(-(b @ w) / m_diag)
-    model.logvar_head.W[...] = 0.0
-    model.logvar_head.b[...] = npvae.asarray(-np.log(m_diag))
+    model.head.layers["mu"].W[...] = npvae.asarray(w / m_diag)  # mu = (x - b) W M^-1 = x @ (W / m) + (-b W / m)
+    model.head.layers["mu"].b[...] = npvae.asarray(-(b @ w) / m_diag)
+    model.head.layers["logvar"].W[...] = 0.0
+    model.head.layers["logvar"].b[...] = npvae.asarray(-np.log(m_diag))
     for k, max_rows in ((1, 8192), (7, 3), (50, 16)):  # k=7 with 3 rows at a time: streaming log-sum-exp
         est = ev.log_marginal_likelihood(model, x, k=k, max_rows=max_rows, per_example=True)
         np.testing.assert_allclose(est, true, rtol=1e-10)
@@ -95,7 +95,7 @@ def test_active_units(trained):
     assert npvae.active_units(model, x) == int(np.sum(activity > 1e-2))
     # Silence unit 0: its posterior mean no longer depends on x.
     # (Its variance is 0 or a rounding residue, ~1e-35, depending on how the backend sums.)
-    model.mu_head.W[:, 0] = 0.0
+    model.head.layers["mu"].W[:, 0] = 0.0
     silenced = ev.unit_activity(model, x)
     assert silenced[0] == pytest.approx(0.0, abs=1e-20)
     np.testing.assert_allclose(silenced[1], activity[1], rtol=1e-12)  # unit 1 unchanged

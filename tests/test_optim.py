@@ -69,11 +69,11 @@ def test_each_minimizes_a_quadratic(name, lr):
 
 def test_updates_reach_the_model_through_its_views(rng):
     model = npvae.VAE(5, (4,), 2, dtype="float64")
-    w_before = host(model.mu_head.W).copy()
+    w_before = host(model.head.layers["mu"].W).copy()
     opt = optim.make_optimizer("sgd", model.params, lr=0.1)
     model.loss_and_grads(rng.uniform(size=(3, 5)))
     opt.step(model.grads)
-    assert not np.array_equal(host(model.mu_head.W), w_before)
+    assert not np.array_equal(host(model.head.layers["mu"].W), w_before)
 
 
 def test_state_dict_round_trip_continues_identically(problem):

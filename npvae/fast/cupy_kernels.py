@@ -76,11 +76,6 @@ def _fused(textbook, name, *args):
     return kernel(name)(*cast, axis=-1) if name in ROW_SUMS else kernel(name)(*cast)
 
 
-def _column(d):
-    """An upstream gradient per row (N,) as a column (N, 1); a number stays a number."""
-    return d if isinstance(d, (int, float)) else d.reshape(-1, 1)
-
-
 # ---------------------------------------------------------------------------------------
 # distributions
 # ---------------------------------------------------------------------------------------
@@ -99,7 +94,7 @@ def gaussian_kl(mu, logvar):
 
 def gaussian_kl_backward(dkl, mu, logvar):
     return _fused(lambda d, m, lv: dist.gaussian_kl_backward.textbook(dkl, m, lv), "gaussian_kl_backward",
-                  _column(dkl), mu, logvar)
+                  dist.per_row(dkl), mu, logvar)
 
 
 def bernoulli_log_likelihood(x, logits):
@@ -108,7 +103,7 @@ def bernoulli_log_likelihood(x, logits):
 
 def bernoulli_log_likelihood_backward(dlog_p, x, logits):
     return _fused(lambda d, x_, l_: dist.bernoulli_log_likelihood_backward.textbook(dlog_p, x_, l_),
-                  "bernoulli_backward", _column(dlog_p), x, logits)
+                  "bernoulli_backward", dist.per_row(dlog_p), x, logits)
 
 
 # ---------------------------------------------------------------------------------------

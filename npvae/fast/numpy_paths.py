@@ -84,7 +84,7 @@ def bernoulli_log_likelihood_backward(dlog_p, x, logits):
     grad *= -0.5
     grad -= 0.5
     grad += x  # x - sigma(l)
-    grad *= dlog_p if isinstance(dlog_p, (int, float)) else np.reshape(dlog_p, (-1, 1))
+    grad *= dist.per_row(dlog_p)
     return grad
 
 
