@@ -343,7 +343,7 @@ def _check_specs(specs, meta) -> int:
     (``vae.memory_estimate``)."""
     config = meta["config"]
     sizes = (config["input_dim"], config["hidden_dims"], config["latent_dim"], config["posterior"])
-    count = parameter_count(*sizes)
+    count = _within("config", parameter_count, *sizes)  # refuses an unknown posterior
     for name in ["params", *sorted(set(specs) - {"meta", "params"})]:
         shape, dtype = specs[name][:2]
         if name.startswith("opt.") and meta.get("optimizer") is None:
