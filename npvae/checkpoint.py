@@ -30,6 +30,7 @@ what is wrong with it.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
@@ -146,13 +147,10 @@ def _build(meta, arrays):
     the constructors, whose ValueErrors name the key."""
     model = _within("config", VAE, **meta["config"])
     expected = [[name, a, b, list(shape)] for name, a, b, shape in model.blocks]
-    if meta["blocks"] != expected:
-        if len(meta["blocks"]) != len(expected):
-            raise _Invalid(f"blocks: do not match the layout of the config ({len(meta['blocks'])} blocks, "
-                           f"expected {len(expected)})")
-        i = next(i for i, (got, want) in enumerate(zip(meta["blocks"], expected)) if got != want)
-        raise _Invalid(f"blocks: do not match the layout of the config: block {i} is {_show(meta['blocks'][i])}, "
-                       f"expected {_show(expected[i])}")
+    for i, (got, want) in enumerate(itertools.zip_longest(meta["blocks"], expected)):
+        if got != want:
+            raise _Invalid(f"blocks: do not match the layout of the config: block {i} is {_show(got)}, "
+                           f"expected {_show(want)}")
     model.params[...] = model.backend.asarray(arrays["params"], dtype=model.dtype)
     model.rng.host.bit_generator.state = meta["model_rng"]
     if "epoch" in meta:
@@ -227,13 +225,10 @@ def _members(archive) -> dict:
         if name not in ("meta", "params") and not name.startswith("opt."):
             raise _Invalid(f"unexpected array {_show(name)} (expected meta, params and opt.<buffer>)")
         if info.compress_type != zipfile.ZIP_STORED:  # save stores; inflating could fill memory (a zip bomb)
-            method = _COMPRESSION.get(info.compress_type, f"method {info.compress_type}")
+            method = zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
             raise _Invalid(f"{_show(info.filename)}: a compressed member ({method}); npvae writes "
                            "uncompressed checkpoints and does not inflate compressed members")
     return members
-
-
-_COMPRESSION = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 
 
 def _read_header(archive, info, name):
