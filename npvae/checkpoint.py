@@ -41,7 +41,7 @@ import zlib
 import numpy as np
 
 from .backend import DTYPES, to_numpy
-from .checks import check_int, check_real, is_integer, memory_bytes
+from .checks import check_int, is_integer, memory_bytes
 from .io import atomic_open, open_regular
 from .optim import from_state_dict
 from .random import Generator
@@ -152,7 +152,7 @@ def _build(meta, arrays):
             raise _Invalid(f"blocks: do not match the layout of the config: block {i} is {_show(got)}, "
                            f"expected {_show(want)}")
     model.params[...] = model.backend.asarray(arrays["params"], dtype=model.dtype)
-    model.rng.host.bit_generator.state = meta["model_rng"]
+    model.rng.host.bit_generator.state = meta["model_rng"]  # checked by Generator.from_state
     if "epoch" in meta:
         state = TrainState(epoch=meta["epoch"], step=meta["step"], history=History(meta["history"]),
                            settings=meta["settings"])
@@ -162,8 +162,7 @@ def _build(meta, arrays):
                                       model.params)
         for key in ("data_rng", "noise_rng"):
             if meta[key] is not None:
-                setattr(state, key, Generator(0))
-                getattr(state, key).host.bit_generator.state = meta[key]
+                setattr(state, key, Generator.from_state(meta[key]))
         model.train_state = state
     return model
 
@@ -279,57 +278,27 @@ def _check_meta(meta) -> dict:
     trained = any(key in meta for key in TRAINING_KEYS)
     _keys("meta", meta, MODEL_KEYS + (TRAINING_KEYS if trained else ()))
 
-    config = _keys("config", meta["config"], CONFIG_KEYS)
-    check_int("config.input_dim", config["input_dim"])
-    if not isinstance(config["hidden_dims"], list):
-        _fail("config.hidden_dims", "a list of positive integers", config["hidden_dims"])
-    for i, width in enumerate(config["hidden_dims"]):
-        check_int(f"config.hidden_dims[{i}]", width)
-    check_int("config.latent_dim", config["latent_dim"])
-    if not (isinstance(config["dtype"], str) and config["dtype"] in DTYPES):
-        _fail("config.dtype", f"one of {', '.join(DTYPES)}", config["dtype"])
+    _keys("config", meta["config"], CONFIG_KEYS)  # the sizes are checked where they are used (parameter_count)
+    if not (isinstance(meta["config"]["dtype"], str) and meta["config"]["dtype"] in DTYPES):
+        _fail("config.dtype", f"one of {', '.join(DTYPES)}", meta["config"]["dtype"])
     if not isinstance(meta["blocks"], list):
         _fail("blocks", "a list of [name, start, stop, shape]", meta["blocks"])
-    _check_rng("model_rng", meta["model_rng"])
+    Generator.from_state(meta["model_rng"], "model_rng")
     if not trained:
         return meta
 
-    epoch = check_int("epoch", meta["epoch"], minimum=0)
+    History.checked(meta["history"], check_int("epoch", meta["epoch"], minimum=0))
     check_int("step", meta["step"], minimum=0)
-    history = meta["history"]
-    if not isinstance(history, list):
-        _fail("history", f"a list of {epoch} rows", history)
-    if len(history) != epoch:
-        raise _Invalid(f"history: expected {epoch} rows (one per epoch), got {len(history)}")
-    for i, row in enumerate(history):
-        _keys(f"history[{i}]", row, HISTORY_COLUMNS)
-        if row["epoch"] != i + 1 or not is_integer(row["epoch"]):
-            _fail(f"history[{i}].epoch", i + 1, row["epoch"])
-        for key in HISTORY_COLUMNS[1:]:
-            if row[key] is not None:
-                check_real(f"history[{i}].{key}", row[key])
     _within("settings", check_settings, _keys("settings", meta["settings"], tuple(DEFAULTS)))
     if meta["optimizer"] is not None and not isinstance(meta["optimizer"], dict):
         _fail("optimizer", "a JSON object or null", meta["optimizer"])
     for key in ("data_rng", "noise_rng"):
         if meta[key] is not None:
-            _check_rng(key, meta[key])
+            Generator.from_state(meta[key], key)
         elif meta["optimizer"] is not None:  # fit always has both streams: resuming needs them
             _fail(key, "the state of a NumPy PCG64 generator (a checkpoint with an optimizer state resumes from it)",
                   None)
     return meta
-
-
-def _check_rng(where, state):
-    """A state that NumPy's PCG64 takes as it is (its setter quietly changes some wrong ones)."""
-    generator = np.random.PCG64()
-    try:
-        generator.state = state
-        ok = generator.state == state and is_integer(state["has_uint32"])
-    except (TypeError, ValueError, KeyError, OverflowError):
-        ok = False
-    if not ok:
-        _fail(where, "the state of a NumPy PCG64 generator", state)
 
 
 def _check_specs(specs, meta) -> int:

@@ -54,6 +54,23 @@ class Generator:
         self.host = np.random.default_rng(seed)
         self._to_device = self.backend.uploader()  # CuPy's copies through pinned memory
 
+    @classmethod
+    def from_state(cls, state, name="state"):
+        """A Generator that goes on from ``state``, a saved ``host.bit_generator.state``; a
+        ValueError naming ``name`` unless NumPy's PCG64 takes it exactly as it is (its setter
+        quietly changes some wrong ones)."""
+        rng = cls(0)
+        try:
+            rng.host.bit_generator.state = state
+            ok = rng.host.bit_generator.state == state and isinstance(state["has_uint32"], int)
+        except (TypeError, ValueError, KeyError, OverflowError):
+            ok = False
+        if not ok:
+            shown = " ".join(repr(state).split())
+            raise ValueError(f"{name}: expected the state of a NumPy PCG64 generator, got "
+                             f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
+        return rng
+
     def standard_normal(self, shape, dtype=None):
         """Draws of N(0, 1) of the given shape, as ``dtype`` (default float32)."""
         name = DEFAULT_DTYPE if dtype is None else dtype

@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from .backend import copy, get_backend
-from .checks import check_int, check_real
+from .checks import check_int, check_real, is_integer
 from .random import TRAINING_STREAMS, Generator, streams
 from .io import atomic_open
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
@@ -80,6 +80,30 @@ class History(list):
             f.write("\n".join(lines) + "\n")
 
     @classmethod
+    def checked(cls, rows, epochs, name="history"):
+        """Saved ``rows`` of a run of ``epochs`` epochs as a History, or a ValueError naming
+        ``name``, the row and the column: one row per epoch, numbered from 1, each with
+        exactly ``HISTORY_COLUMNS``, every other value a finite number or None."""
+        if not isinstance(rows, list):
+            raise ValueError(f"{name}: expected a list of {epochs} rows, got {_shown(rows)}")
+        if len(rows) != epochs:
+            raise ValueError(f"{name}: expected {epochs} rows (one per epoch), got {len(rows)}")
+        for i, row in enumerate(rows):
+            where = f"{name}[{i}]"
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {_shown(row)}")
+            missing, extra = [k for k in HISTORY_COLUMNS if k not in row], [k for k in row if k not in HISTORY_COLUMNS]
+            if missing or extra:
+                raise ValueError(f"{where}: missing key {missing[0]!r}" if missing else
+                                 f"{where}: unexpected key {_shown(extra[0])}")
+            if not (is_integer(row["epoch"]) and row["epoch"] == i + 1):
+                raise ValueError(f"{where}.epoch: expected {i + 1}, got {_shown(row['epoch'])}")
+            for key in HISTORY_COLUMNS[1:]:
+                if row[key] is not None:
+                    check_real(f"{where}.{key}", row[key])
+        return cls(rows)
+
+    @classmethod
     def from_csv(cls, path):
         with open(path) as f:
             header = f.readline().strip().split(",")
@@ -89,6 +113,12 @@ class History(list):
                 row = {k: (None if v == "" else (int(v) if k == "epoch" else float(v))) for k, v in zip(header, cells)}
                 rows.append(row)
         return cls(rows)
+
+
+def _shown(value) -> str:
+    """A short one-line repr of a value read from a file."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass

@@ -296,11 +296,12 @@ def _check_real_dtype(name, a, given):
 def _dense_layers(input_dim, hidden_dims, latent_dim, posterior) -> list[tuple[int, int]]:
     """Every Dense layer of ``VAE(input_dim, hidden_dims, latent_dim, posterior=...)`` as
     (n_in, n_out): encoder D -> H1 -> ... -> Hk, a head Hk -> each parameter of the posterior
-    (Z for mu and logvar or log_diag, Z(Z-1)/2 for lower), decoder Z -> Hk -> ... -> H1 -> D."""
+    (Z for mu and logvar or log_diag, Z(Z-1)/2 for lower), decoder Z -> Hk -> ... -> H1 -> D.
+    A ValueError naming the argument when a size is not a positive integer."""
     if posterior not in POSTERIORS:
         raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
-    z = int(latent_dim)
-    encoder = [int(input_dim), *(int(h) for h in hidden_dims)]
+    z = check_int("latent_dim", latent_dim)
+    encoder = [check_int("input_dim", input_dim), *_check_hidden_dims(hidden_dims)]
     heads = [(encoder[-1], width) for width in FAMILIES[posterior].widths(z)]
     decoder = [z, *reversed(encoder)]
     return list(zip(encoder[:-1], encoder[1:])) + heads + list(zip(decoder[:-1], decoder[1:]))
@@ -367,8 +368,8 @@ def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dt
     ``weights[arg]`` is what the total would lose if that argument were 1 (every hidden width
     1, for ``hidden_dims``): the argument with the largest weight is the one that drives the
     size, and the one a refusal names."""
-    sizes = {"input_dim": int(input_dim), "hidden_dims": [int(h) for h in hidden_dims],
-             "latent_dim": int(latent_dim), "rows": int(rows)}
+    sizes = {"input_dim": check_int("input_dim", input_dim), "hidden_dims": list(_check_hidden_dims(hidden_dims)),
+             "latent_dim": check_int("latent_dim", latent_dim), "rows": check_int("rows", rows, minimum=0)}
     item = 4 if dtype == "float32" else 8
     parameters, activations = _memory_bytes(**sizes, posterior=posterior, item=item, work=work)
     weights = {}
