@@ -144,7 +144,7 @@ def test_a_fast_replacement_counts_as_npvaes_function():
 def test_a_dense_layer_or_an_adam_object_is_refused():
     def dense_backward(dout, x, W):
         layer = npvae.layers.Dense(*W.shape)
-        layer.W, layer.dW, layer.db = W, 0.0 * W, 0.0 * W[0]
+        layer.W, layer.dW, layer.db = W, 0.0 * W, 0.0 * W[0, :]
         return layer.backward(dout, x), layer.dW, layer.db
 
     def adam_step(params, grads, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
