@@ -14,11 +14,14 @@ import functools
 import inspect
 import sys
 
+import nbformat
 import pytest
 
 import npvae
+from npvae import exercises
 from npvae.grading import ExerciseFailed
-from conftest import notebook_exercises
+from conftest import EXPECTED_BACKEND, NOTEBOOK_DIR, notebook_exercises, read_notebook
+from test_exercises import run_until_error
 
 EXERCISES = notebook_exercises()
 IDS = sorted(EXERCISES)
@@ -226,3 +229,17 @@ def test_07_2_names_g_squared_in_m():
 def test_07_2_names_g_to_the_fourth_in_v():
     message = refused("07.2", adam_with(v_line="v = beta2 * v + (1.0 - beta2) * (grads * grads) ** 2"))
     assert "g^4" in message
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(EXPECTED_BACKEND != "numpy", reason="run once, on NumPy: the graders are backend-free")
+def test_in_a_notebook_a_name_imported_from_npvae_before_the_grader_is_refused():
+    # notebook 02 as a student might change it: a cell imports npvae's function, the exercise calls it
+    nb = read_notebook(NOTEBOOK_DIR / "02_encoder_and_reparameterization.ipynb")
+    index = next(i for i, c in enumerate(nb.cells) if exercises.exercise_id(c) == "02.1")
+    cell = nb.cells[index]
+    cell.source = exercises.replace_solutions(cell.source, lambda indent: "return library_z(mu, logvar, eps)")
+    nb.cells.insert(index, nbformat.v4.new_code_cell("from npvae.distributions import reparameterize as library_z"))
+    failed_at, err = run_until_error(nb, index + 2)
+    assert failed_at == index + 2 and err.ename == "ExerciseFailed", err
+    assert "Exercise 02.1: write it yourself; your function called npvae.distributions.reparameterize" in err.evalue

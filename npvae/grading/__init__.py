@@ -106,14 +106,10 @@ def _watching(exercise):
     name ("npvae.distributions.reparameterize") when its code runs (the textbook code, whichever
     name reached it, or a fast replacement). sys.setprofile sees every Python call of this
     thread; a profiler set before is paused during the block and restored after it."""
-    codes = _answer_codes(exercise)
-    called = []
-    if not codes:
-        yield called
-        return
+    codes, called = _answer_codes(exercise), []
 
     def watch(frame, event, arg):
-        if event == "call" and id(frame.f_code) in codes and not called:
+        if event == "call" and id(frame.f_code) in codes:
             called.append(codes[id(frame.f_code)])
 
     previous = sys.getprofile()
