@@ -3,7 +3,11 @@ default); `.ci/run` runs it on numpy, on strict, and on numpy with NPVAE_FAST=0.
 ``slow`` (notebook runs, `npvae train` runs, subprocesses) are left out by `pytest -m "not slow"`."""
 
 import csv
+import functools
+import importlib
+import math
 import os
+import re
 from pathlib import Path
 
 import hypothesis.extra.numpy as hnp
@@ -162,3 +166,29 @@ def _textbook_where_marked(request):
     else:
         with npvae.textbook():
             yield
+
+
+# --- Step 11: the exercises' solutions as functions, and their graders ---------------------------
+GRADER_CALL = re.compile(r"^(nb\d\d)\.(check_\w+)\((\w+)\)\s*$", re.M)
+
+
+@functools.cache
+def notebook_exercises():
+    """{exercise: (the function its notebook's solution defines, its grader)} for every exercise of
+    the notebooks. The exercise cell runs as the notebook runs it, in a namespace with npvae,
+    ``dist``, ``backend``, ``math`` and ``np`` (what the notebooks' setup cells import); the grader
+    is the one the grader cell calls, ``nbNN.check_x(name)``."""
+    from npvae import distributions, exercises
+
+    found = {}
+    for path in NOTEBOOKS:
+        cells = read_notebook(path).cells
+        for cell, grader in zip(cells, cells[1:]):
+            exercise = exercises.exercise_id(cell)
+            if exercise is None:
+                continue
+            module, check, name = GRADER_CALL.search(grader.source).groups()
+            namespace = {"npvae": npvae, "dist": distributions, "backend": backend, "math": math, "np": np}
+            exec(compile(cell.source, f"<exercise {exercise}>", "exec"), namespace)
+            found[exercise] = (namespace[name], getattr(importlib.import_module(f"npvae.grading.{module}"), check))
+    return found

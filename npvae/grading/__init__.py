@@ -8,15 +8,36 @@ where the function is a backward, and a statistical test where it is a sampler. 
 one line when everything holds, and otherwise raises ``ExerciseFailed`` with what is wrong in
 words (for example "you used exp(logvar) as the standard deviation").
 
+Every check runs the student's function through ``call``, which protects the grader's inputs
+and the exercise itself: the function gets copies of the arrays, and one that changes an
+argument in place is refused by that argument's name ("your function modified `mu` in place");
+while it runs, npvae's own answer to the exercise (``LIBRARY_ANSWERS``) is watched for, and a
+function that calls it, by any name (``npvae.distributions.reparameterize``, a name imported
+before the grader ran, ``.textbook``, a fast replacement), is told to write it itself.
+
 The helpers below are what the checks share.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import inspect
+import sys
+
 import numpy as np
 
-from ..backend import asarray, to_numpy
+from ..backend import asarray, copy, library_of, to_numpy
 from ..gradcheck import numerical_gradient, rel_error
+
+# npvae's own function that each exercise asks the student to write (npvae.<module>.<name>).
+LIBRARY_ANSWERS = {
+    "02.1": "distributions.reparameterize", "02.2": "distributions.reparameterize_backward",
+    "03.1": "distributions.bernoulli_log_likelihood", "03.2": "distributions.bernoulli_log_likelihood_backward",
+    "03.3": "distributions.gaussian_log_likelihood", "04.1": "distributions.gaussian_kl",
+    "04.2": "distributions.gaussian_kl_backward", "07.1": "layers.Dense.backward", "07.2": "optim.Adam.step",
+    "08.2": "distributions.full_gaussian_kl",
+}
 
 
 class ExerciseFailed(AssertionError):
@@ -37,14 +58,80 @@ def inputs(seed, *shapes, low=-2.0, high=2.0):
     return [asarray(rng.uniform(low, high, size=shape), dtype="float64") for shape in shapes]
 
 
-def call(exercise, fn, *args):
-    """``fn(*args)``; a NotImplementedError (the stub) or any other error is reported in words."""
+def call(exercise, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, the student's function, run as every grader runs it.
+
+    It gets copies of the array arguments, and fails, naming the argument as ``fn`` names it,
+    when it changed one in place; it fails when it called npvae's own answer to ``exercise``;
+    the stub's NotImplementedError passes through, and any other error is reported in words."""
+    given = [*zip(_parameter_names(fn, len(args)), args), *kwargs.items()]
+    copies = [copy(a) if library_of(a) else a for _, a in given]
+    error = None
+    with _watching(exercise) as called:
+        try:
+            result = fn(*copies[: len(args)], **dict(zip(kwargs, copies[len(args):])))
+        except NotImplementedError:
+            raise
+        except Exception as exc:
+            error = exc
+    if called:
+        fail(exercise, f"write it yourself; your function called {called[0]}")
+    if error is not None:
+        fail(exercise, f"your function raised {type(error).__name__}: {error}")
+    for (name, original), passed_in in zip(given, copies):
+        if passed_in is not original and not _unchanged(original, passed_in):
+            fail(exercise, f"your function modified `{name}` in place: leave the arguments as they came (the caller "
+                           f"still needs them) and return new arrays, e.g. x = x - y rather than x -= y or x[...] = y")
+    return result
+
+
+def _parameter_names(fn, count):
+    """The names ``fn`` gives its first ``count`` positional parameters ("argument 3" where it has none)."""
     try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as exc:
-        fail(exercise, f"your function raised {type(exc).__name__}: {exc}")
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        names = [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
+    except (TypeError, ValueError):  # no signature to read
+        names = []
+    return [names[i] if i < len(names) else f"argument {i + 1}" for i in range(count)]
+
+
+def _unchanged(before, after):
+    a, b = to_numpy(before), to_numpy(after)
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+
+
+@contextlib.contextmanager
+def _watching(exercise):
+    """A block in which npvae's answer to ``exercise`` is watched for: yields a list that gets its
+    name ("npvae.distributions.reparameterize") when its code runs (the textbook code, whichever
+    name reached it, or a fast replacement). sys.setprofile sees every Python call of this
+    thread; a profiler set before is paused during the block and restored after it."""
+    codes, called = _answer_codes(exercise), []
+
+    def watch(frame, event, arg):
+        if event == "call" and id(frame.f_code) in codes:
+            called.append(codes[id(frame.f_code)])
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        yield called
+    finally:
+        sys.setprofile(previous)
+
+
+def _answer_codes(exercise):
+    """{id(code object): "npvae.module.name"} for npvae's answer to ``exercise``, its textbook
+    function and its fast replacements; {} for an exercise without one."""
+    path = LIBRARY_ANSWERS.get(exercise)
+    if path is None:
+        return {}
+    module, _, name = path.partition(".")
+    fn = importlib.import_module(f"npvae.{module}")
+    for part in name.split("."):
+        fn = getattr(fn, part)
+    functions = [getattr(fn, "textbook", fn), *getattr(fn, "replacements", {}).values()]
+    return {id(f.__code__): f"npvae.{path}" for f in functions if hasattr(f, "__code__")}
 
 
 def host(a, exercise=None, what="the result"):

@@ -2,9 +2,10 @@
 
 - ``check_reparameterize(reparameterize)``, exercise 02.1: z = mu + exp(logvar / 2) * eps,
   compared with ``npvae.distributions.reparameterize``; the mistakes with sigma (exp(logvar),
-  the variance, used as sigma; the 1/2 outside the exponent; logvar itself) are named; and the
-  moments of 20,000 draws z (eps ~ N(0, I) passed in) must be mu and exp(logvar) within 4
-  standard errors.
+  the variance, used as sigma; the 1/2 outside the exponent; logvar itself; a sigma averaged
+  over the batch; mu - sigma * eps) are named; and 20,000 draws z (eps ~ N(0, I) passed in),
+  each row with its own mu and logvar, must give (z - mu) / sigma with mean 0 and variance 1
+  within 4 standard errors (a sigma shared by the rows fails there).
 - ``check_reparameterize_backward(reparameterize_backward)``, exercise 02.2: (dmu, dlogvar) =
   (dz, dz * exp(logvar / 2) * eps / 2), compared with ``npvae.distributions.
   reparameterize_backward`` and gradient-checked (float64 central differences) against npvae's
@@ -49,21 +50,53 @@ def _sigma_mistakes(lv):
     ]
 
 
+def _z_mistake(z, m, lv, e):
+    """What is wrong when ``z`` is a known wrong z for (mu, logvar, eps), on the host; else None."""
+    s = np.exp(0.5 * lv)
+    for sigma, message in _sigma_mistakes(lv):
+        if _close(z, m + sigma * e):
+            return message
+    for shared in (s.mean(axis=0), np.exp(0.5 * lv.mean(axis=0)), s.mean(), np.exp(0.5 * lv.mean())):
+        if _close(z, m + shared * e):
+            return ("you averaged sigma over the batch: each row has its own mu and logvar, so its own sigma = "
+                    "exp(logvar / 2), row by row (no mean over the rows)")
+    if _close(z, m - s * e):
+        return ("z = mu - sigma * eps has the right distribution (eps and -eps are both N(0, I)), but it is not the z "
+                "the rest of the model assumes for this eps: the backward pass (02.2) differentiates "
+                "z = mu + sigma * eps; use the + sign")
+    if _close(z, m + e):
+        return "z = mu + eps leaves out sigma: z = mu + exp(logvar / 2) * eps"
+    if _close(z, m + s):
+        return "z = mu + sigma leaves out the noise: z = mu + sigma * eps, with the eps passed in"
+    if _close(z, s + m * e):
+        return "mu and sigma are swapped: z = mu + sigma * eps, the mean plus the scaled noise"
+    return None
+
+
 def _moments(reparameterize, exercise, what):
-    """Draw K_DRAWS z for fixed mu and logvar (4 coordinates, sigma from 0.22 to 2.1) with eps from
-    N(0, I); returns (largest |mean - mu| in SE, largest |variance - exp(logvar)| in SE)."""
-    mu_h = np.array([0.5, -1.0, 2.0, 0.0])
-    lv_h = np.array([-3.0, -1.0, 0.5, 1.5])
-    eps_h = np.random.default_rng(2021).standard_normal((K_DRAWS, mu_h.size))
-    mu, lv, eps = (asarray(a, dtype="float64") for a in (np.tile(mu_h, (K_DRAWS, 1)), np.tile(lv_h, (K_DRAWS, 1)), eps_h))
+    """Draw K_DRAWS z, each row with its own mu and logvar (sigma from 0.22 to 2.1), with eps from
+    N(0, I); returns the largest deviations of (z - mu) / sigma from mean 0 and from variance 1,
+    in standard errors, over the 4 coordinates."""
+    rng = np.random.default_rng(2021)
+    mu_h = rng.uniform(-2.0, 2.0, size=(K_DRAWS, 4))
+    lv_h = rng.uniform(-3.0, 1.5, size=(K_DRAWS, 4))
+    eps_h = rng.standard_normal((K_DRAWS, 4))
+    mu, lv, eps = (asarray(a, dtype="float64") for a in (mu_h, lv_h, eps_h))
     z = host(call(exercise, reparameterize, mu, lv, eps), exercise, what)
     if z.shape != eps_h.shape:
         fail(exercise, f"{what}: expected shape {eps_h.shape} (eps's), got {z.shape}")
-    var = np.exp(lv_h)
-    se_mean, se_var = np.sqrt(var / K_DRAWS), var * np.sqrt(2.0 / (K_DRAWS - 1))
-    z_mean = np.abs(z.mean(axis=0) - mu_h) / se_mean
-    z_var = np.abs(z.var(axis=0, ddof=1) - var) / se_var
+    u = (z - mu_h) / np.exp(0.5 * lv_h)  # N(0, 1) for a right sampler
+    z_mean = np.abs(u.mean(axis=0)) * np.sqrt(K_DRAWS)
+    z_var = np.abs(u.var(axis=0, ddof=1) - 1.0) / np.sqrt(2.0 / (K_DRAWS - 1))
     return float(np.max(z_mean)), float(np.max(z_var))
+
+
+def _wrong_moments(ex, zs_mean, zs_var):
+    if not (zs_mean < K_SE and zs_var < K_SE):
+        fail(ex, f"{K_DRAWS} draws of z, each row with its own mu and logvar, have the wrong moments: (z - mu) / sigma "
+                 f"should be N(0, 1), but its sample mean is {zs_mean:.1f} standard errors from 0 and its sample "
+                 f"variance {zs_var:.1f} standard errors from 1 (a right sampler: below {K_SE:g}); is sigma "
+                 f"computed row by row, sigma = exp(logvar / 2)?")
 
 
 def check_reparameterize(reparameterize):
@@ -72,33 +105,26 @@ def check_reparameterize(reparameterize):
     mu, logvar, eps = inputs(201, (6, 5), (6, 5), (6, 5))  # logvar in [-2, 2): sigma and sigma^2 differ
     got = host(call(ex, reparameterize, mu, logvar, eps), ex, "z")
     want = host(dist.reparameterize.textbook(mu, logvar, eps))
-    m, lv, e = (host(a) for a in (mu, logvar, eps))
     if got.shape != want.shape:
         fail(ex, f"z: expected shape {want.shape} (one z per entry of eps), got {got.shape}")
     if not _close(got, want):
-        for sigma, message in _sigma_mistakes(lv):
-            if _close(got, m + sigma * e):
-                fail(ex, message)
-        if _close(got, m + e):
-            fail(ex, "z = mu + eps leaves out sigma: z = mu + exp(logvar / 2) * eps")
-        if _close(got, m + np.exp(0.5 * lv)):
-            fail(ex, "z = mu + sigma leaves out the noise: z = mu + sigma * eps, with the eps passed in")
-        if _close(got, np.exp(0.5 * lv) + m * e):
-            fail(ex, "mu and sigma are swapped: z = mu + sigma * eps, the mean plus the scaled noise")
+        message = _z_mistake(got, *(host(a) for a in (mu, logvar, eps)))
+        if message:
+            fail(ex, message)
         # Not a known form: is it at least a right sampler that ignores the eps given to it?
         zs_mean, zs_var = _moments(reparameterize, ex, "z")
         if zs_mean < K_SE and zs_var < K_SE:
             fail(ex, "your z has the right distribution, but it is not mu + sigma * eps for the eps passed in: "
                      "use the argument eps (the trick needs eps as an input, so that the backward pass can use it "
                      "again)")
+        if np.all(np.isfinite(got)):
+            _wrong_moments(ex, zs_mean, zs_var)
         compare(ex, got, want, "z = mu + exp(logvar / 2) * eps")
     zs_mean, zs_var = _moments(reparameterize, ex, "z (20000 draws)")
-    if not (zs_mean < K_SE and zs_var < K_SE):
-        fail(ex, f"20000 draws of z have the wrong moments: the sample mean is {zs_mean:.1f} standard errors from "
-                 f"mu and the sample variance {zs_var:.1f} standard errors from exp(logvar) (a right sampler: "
-                 f"below {K_SE:g})")
-    passed(ex, f"z equals mu + exp(logvar / 2) * eps, and {K_DRAWS} draws have mean mu and variance exp(logvar) "
-               f"(largest deviations {zs_mean:.2f} and {zs_var:.2f} standard errors; bound {K_SE:g})")
+    _wrong_moments(ex, zs_mean, zs_var)
+    passed(ex, f"z equals mu + exp(logvar / 2) * eps, and {K_DRAWS} draws, each row with its own mu and logvar, give "
+               f"(z - mu) / sigma with mean 0 and variance 1 (largest deviations {zs_mean:.2f} and {zs_var:.2f} "
+               f"standard errors; bound {K_SE:g})")
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import asarray, copy, get_backend
+from ..backend import asarray, get_backend
 from ..layers import Dense
 from ..optim import Adam
 from . import call, compare, fail, gradient_check, host, passed
@@ -134,6 +134,8 @@ def _adam_candidates(p, g, m, v, t, lr, b1, b2, eps):
     v1 = b2 * v + (1 - b2) * g * g
     mh, vh = m1 / (1 - b1**t), v1 / (1 - b2**t)
     factor = (1 - b1**t) / np.sqrt(1 - b2**t)
+    m_g2 = b1 * m + (1 - b1) * g * g  # g^2 where g belongs
+    v_g4 = b2 * v + (1 - b2) * g**4  # g squared twice
     with np.errstate(all="ignore"):
         off = [(f"the bias correction uses the step number {name}: at step t it is m / (1 - beta1^t) and "
                 f"v / (1 - beta2^t), with t = 1 at the first step",
@@ -152,6 +154,15 @@ def _adam_candidates(p, g, m, v, t, lr, b1, b2, eps):
         *off,
         ("eps goes outside the square root: the step is lr * m_hat / (sqrt(v_hat) + eps)",
          p - lr * mh / np.sqrt(vh + eps), m1, v1),
+        (f"this is Kingma & Ba's efficient version (Section 2: lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), "
+         f"params - lr_t * m / (sqrt(v) + eps-hat)) with the plain eps as eps-hat: it equals Algorithm 1 only with "
+         f"eps-hat = eps * sqrt(1 - beta2^t) (here {eps * np.sqrt(1 - b2**t):.2g}, not {eps:g}); the exercise, npvae "
+         f"and PyTorch follow Algorithm 1, params - lr * m_hat / (sqrt(v_hat) + eps)",
+         p - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m1 / (np.sqrt(v1) + eps), m1, v1),
+        ("m is a running mean of the gradient g itself: m <- beta1 m + (1 - beta1) g (you used g^2, which belongs "
+         "in v)", p - lr * (m_g2 / (1 - b1**t)) / (np.sqrt(vh) + eps), m_g2, v1),
+        ("v is a running mean of g^2: v <- beta2 v + (1 - beta2) g^2; you squared the gradient twice (g^4)",
+         p - lr * mh / (np.sqrt(v_g4 / (1 - b2**t)) + eps), m1, v_g4),
         ("the update goes uphill: Adam descends, params <- params - lr * m_hat / (sqrt(v_hat) + eps)",
          p + lr * mh / (np.sqrt(vh) + eps), m1, v1),
         ("beta1 and beta2 are swapped: beta1 (0.9 by default) goes with m, beta2 (0.999) with v",
@@ -184,9 +195,7 @@ def _adam_run(adam_step, what, hyper, pass_hyper, seed):
     for t in range(1, steps + 1):
         g = be.asarray(grads[t - 1], dtype="float64")
         ph, mh, vh = (np.array(host(a)) for a in (p, m, v))  # the state the step starts from, copied
-        args = (copy(p), copy(g), copy(m), copy(v), t)
-        step = (lambda *a: adam_step(*a, **hyper)) if pass_hyper else adam_step
-        result = call(ADAM_EX, step, *args)
+        result = call(ADAM_EX, adam_step, p, g, m, v, t, **(hyper if pass_hyper else {}))
         if not (isinstance(result, (tuple, list)) and len(result) == 3):
             fail(ADAM_EX, f"adam_step should return (params, m, v), the three updated arrays; got {type(result).__name__}")
         got = [np.array(host(a, ADAM_EX, name)) for a, name in zip(result, ("params", "m", "v"))]

@@ -1,0 +1,245 @@
+"""Step 11, item 6 and item 7's delegation bullet: the graders protect their inputs, and a
+student's function that hands the work to npvae's own is refused.
+
+Every grader runs the student's function through ``npvae.grading.call``: on copies of the
+arrays, refusing, by the function's own parameter name, a function that changed one in place,
+and refusing a function that called the library function the exercise asks for, whatever
+name it reached it by (``npvae.distributions.reparameterize``, a name imported before the
+grader ran, ``.textbook``, or a fast replacement). 02.1's moment test has its own (mu, logvar)
+in each row, and 07.2 names Kingma & Ba's efficient form with a plain epsilon and a squared
+gradient. The solutions are the notebooks' own (``conftest.notebook_exercises``), in process.
+"""
+
+import functools
+import inspect
+import sys
+
+import nbformat
+import pytest
+
+import npvae
+from npvae import exercises
+from npvae.grading import ExerciseFailed
+from conftest import EXPECTED_BACKEND, NOTEBOOK_DIR, notebook_exercises, read_notebook
+from test_exercises import run_until_error
+
+EXERCISES = notebook_exercises()
+IDS = sorted(EXERCISES)
+
+
+def solution(exercise):
+    return EXERCISES[exercise][0]
+
+
+def grade(exercise, fn):
+    """Run exercise ``exercise``'s grader on ``fn``; returns the ExerciseFailed message, or None when it passes."""
+    try:
+        EXERCISES[exercise][1](fn)
+    except ExerciseFailed as exc:
+        return str(exc)
+    return None
+
+
+def refused(exercise, fn):
+    message = grade(exercise, fn)
+    assert message is not None, f"the grader of {exercise} passed a wrong answer"
+    assert message.startswith(f"Exercise {exercise}: ") and "\n" not in message, message
+    return message
+
+
+def test_the_notebooks_have_the_exercises_these_tests_know():
+    assert set(IDS) >= {"02.1", "02.2", "03.1", "03.2", "03.3", "04.1", "04.2", "07.1", "07.2", "08.1", "08.2"}
+
+
+@pytest.mark.parametrize("exercise", IDS)
+def test_every_grader_passes_its_notebook_solution(exercise, capsys):
+    assert grade(exercise, solution(exercise)) is None
+    assert f"Exercise {exercise} passed" in capsys.readouterr().out
+
+
+# --- item 6: the graders pass copies, and name an input changed in place --------------------------
+MODIFIED = {"02.1": "mu", "02.2": "dz", "03.1": "logits", "03.2": "dlog_p", "03.3": "x", "04.1": "logvar",
+            "04.2": "dkl", "07.1": "dout", "07.2": "grads", "08.2": "lower"}
+
+
+def modifying(fn, name):
+    """``fn`` that, after computing its (right) answer, overwrites its argument ``name`` in place."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        a = signature.bind(*args, **kwargs).arguments[name]
+        a[...] = 2.0 * a + 1.0
+        return result
+
+    return wrapper
+
+
+@pytest.mark.parametrize("exercise", sorted(MODIFIED))
+def test_a_function_that_modifies_an_input_in_place_is_refused_by_name(exercise):
+    message = refused(exercise, modifying(solution(exercise), MODIFIED[exercise]))
+    assert f"your function modified `{MODIFIED[exercise]}` in place" in message
+
+
+def test_an_elu_backward_that_modifies_dout_in_place_is_refused():
+    make_elu = solution("08.1")
+
+    def make_modifying_elu(alpha=1.0):
+        layer = make_elu(alpha)
+        layer.backward = modifying(layer.backward, "dout")  # cs231n's ReLU slip: dout[x <= 0] = 0
+        return layer
+
+    assert "your function modified `dout` in place" in refused("08.1", make_modifying_elu)
+
+
+def test_adam_with_params_minus_equals_is_refused():
+    xp_of = npvae.backend.array_namespace
+
+    def adam_step(params, grads, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        m = beta1 * m + (1.0 - beta1) * grads
+        v = beta2 * v + (1.0 - beta2) * grads * grads
+        params -= lr * (m / (1.0 - beta1**t)) / (xp_of(params).sqrt(v / (1.0 - beta2**t)) + eps)
+        return params, m, v
+
+    assert "your function modified `params` in place" in refused("07.2", adam_step)
+
+
+# --- item 7: a function that calls npvae's own is refused ------------------------------------------
+SPELLINGS = {  # how a notebook's student might reach npvae's function; run in a namespace of its own
+    "module attribute": "import npvae\ndef student(*args):\n    return npvae.distributions.{name}(*args)\n",
+    "from-import": "from npvae.distributions import {name}\ndef student(*args):\n    return {name}(*args)\n",
+    "textbook": "import npvae\ndef student(*args):\n    return npvae.distributions.{name}.textbook(*args)\n",
+}
+LIBRARY = {"02.1": "reparameterize", "02.2": "reparameterize_backward", "03.1": "bernoulli_log_likelihood",
+           "03.2": "bernoulli_log_likelihood_backward", "03.3": "gaussian_log_likelihood", "04.1": "gaussian_kl",
+           "04.2": "gaussian_kl_backward", "08.2": "full_gaussian_kl"}
+
+
+def delegating(spelling, name):
+    namespace = {}
+    exec(SPELLINGS[spelling].format(name=name), namespace)  # the import runs before the grader
+    return namespace["student"]
+
+
+@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
+@pytest.mark.parametrize("exercise", ["02.1", "03.1", "04.1"])
+def test_calling_npvaes_own_function_is_refused_in_every_spelling(exercise, spelling):
+    before = sys.getprofile()
+    message = refused(exercise, delegating(spelling, LIBRARY[exercise]))
+    name = f"npvae.distributions.{LIBRARY[exercise]}"
+    assert message == f"Exercise {exercise}: write it yourself; your function called {name}"
+    assert sys.getprofile() is before  # the watch is gone once the grader has answered
+
+
+@pytest.mark.parametrize("exercise", sorted(set(LIBRARY) - {"02.1", "03.1", "04.1"}))
+def test_every_other_grader_refuses_npvaes_own_function_too(exercise):
+    message = refused(exercise, delegating("module attribute", LIBRARY[exercise]))
+    assert message.endswith(f"your function called npvae.distributions.{LIBRARY[exercise]}")
+
+
+def test_a_fast_replacement_counts_as_npvaes_function():
+    with npvae.textbook(False):  # NumPy's fast bernoulli_log_likelihood runs, where one is registered
+        message = refused("03.1", delegating("module attribute", "bernoulli_log_likelihood"))
+    assert message.endswith("your function called npvae.distributions.bernoulli_log_likelihood")
+
+
+def test_a_dense_layer_or_an_adam_object_is_refused():
+    def dense_backward(dout, x, W):
+        layer = npvae.layers.Dense(*W.shape)
+        layer.W, layer.dW, layer.db = W, 0.0 * W, 0.0 * W[0, :]
+        return layer.backward(dout, x), layer.dW, layer.db
+
+    def adam_step(params, grads, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        adam = npvae.optim.Adam(1.0 * params, lr=lr, betas=(beta1, beta2), eps=eps)
+        adam.m, adam.v, adam.t = 1.0 * m, 1.0 * v, t - 1
+        adam.step(grads)
+        return adam.params, adam.m, adam.v
+
+    assert refused("07.1", dense_backward).endswith("your function called npvae.layers.Dense.backward")
+    assert refused("07.2", adam_step).endswith("your function called npvae.optim.Adam.step")
+
+
+def test_a_helper_of_npvae_is_allowed():
+    # 03.2's solution calls npvae.distributions.sigmoid: not the function the exercise asks for
+    assert "sigmoid" in solution("03.2").__code__.co_names
+    assert grade("03.2", solution("03.2")) is None
+
+
+# --- item 6: 02.1's moment test, a different (mu, logvar) per row -----------------------------------
+def reparameterize_with(body):
+    """A 02.1 answer: ``body`` computes z from mu, logvar, eps and xp."""
+    namespace = {"npvae": npvae}
+    exec("def reparameterize(mu, logvar, eps):\n    xp = npvae.backend.array_namespace(mu)\n"
+         f"    return {body}\n", namespace)
+    return namespace["reparameterize"]
+
+
+@pytest.mark.parametrize("body", [
+    "mu + xp.mean(xp.exp(0.5 * logvar), axis=0) * eps",
+    "mu + xp.exp(0.5 * xp.mean(logvar, axis=0)) * eps",
+    "mu + xp.mean(xp.exp(0.5 * logvar)) * eps",
+])
+def test_02_1_names_a_sigma_averaged_over_the_batch(body):
+    assert "averaged sigma over the batch" in refused("02.1", reparameterize_with(body))
+
+
+def test_02_1_names_mu_minus_sigma_eps():
+    message = refused("02.1", reparameterize_with("mu - xp.exp(0.5 * logvar) * eps"))
+    assert "z = mu - sigma * eps" in message and "the right distribution" in message
+
+
+def test_02_1_a_sigma_shared_by_the_rows_has_the_wrong_moments():
+    # the first row's sigma for every row: no known slip, and right only when all rows are alike
+    message = refused("02.1", reparameterize_with("mu + xp.exp(0.5 * logvar[:1, :]) * eps"))
+    assert "wrong moments" in message
+
+
+def test_02_1_a_correct_answer_written_another_way_passes():
+    assert grade("02.1", reparameterize_with("mu + xp.sqrt(xp.exp(logvar)) * eps")) is None
+
+
+# --- item 6: 07.2, Kingma & Ba's efficient form and a squared gradient ------------------------------
+def adam_with(m_line="m = beta1 * m + (1.0 - beta1) * grads", v_line="v = beta2 * v + (1.0 - beta2) * grads * grads",
+              step="params = params - lr * (m / (1.0 - beta1**t)) / (xp.sqrt(v / (1.0 - beta2**t)) + eps)"):
+    namespace = {"npvae": npvae}
+    exec("def adam_step(params, grads, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):\n"
+         "    xp = npvae.backend.array_namespace(params)\n"
+         f"    {m_line}\n    {v_line}\n    {step}\n    return params, m, v\n", namespace)
+    return namespace["adam_step"]
+
+
+EFFICIENT = "lr_t = lr * (1.0 - beta2**t) ** 0.5 / (1.0 - beta1**t); params = params - lr_t * m / (xp.sqrt(v) + {})"
+
+
+def test_07_2_names_the_efficient_form_with_a_plain_epsilon():
+    message = refused("07.2", adam_with(step=EFFICIENT.format("eps")))
+    assert "efficient version" in message and "eps-hat" in message
+
+
+def test_07_2_the_efficient_form_with_its_eps_hat_passes():
+    assert grade("07.2", adam_with(step=EFFICIENT.format("eps * (1.0 - beta2**t) ** 0.5"))) is None
+
+
+def test_07_2_names_g_squared_in_m():
+    message = refused("07.2", adam_with(m_line="m = beta1 * m + (1.0 - beta1) * grads**2"))
+    assert "m is a running mean of the gradient g itself" in message
+
+
+def test_07_2_names_g_to_the_fourth_in_v():
+    message = refused("07.2", adam_with(v_line="v = beta2 * v + (1.0 - beta2) * (grads * grads) ** 2"))
+    assert "g^4" in message
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(EXPECTED_BACKEND != "numpy", reason="run once, on NumPy: the graders are backend-free")
+def test_in_a_notebook_a_name_imported_from_npvae_before_the_grader_is_refused():
+    # notebook 02 as a student might change it: a cell imports npvae's function, the exercise calls it
+    nb = read_notebook(NOTEBOOK_DIR / "02_encoder_and_reparameterization.ipynb")
+    index = next(i for i, c in enumerate(nb.cells) if exercises.exercise_id(c) == "02.1")
+    cell = nb.cells[index]
+    cell.source = exercises.replace_solutions(cell.source, lambda indent: "return library_z(mu, logvar, eps)")
+    nb.cells.insert(index, nbformat.v4.new_code_cell("from npvae.distributions import reparameterize as library_z"))
+    failed_at, err = run_until_error(nb, index + 2)
+    assert failed_at == index + 2 and err.ename == "ExerciseFailed", err
+    assert "Exercise 02.1: write it yourself; your function called npvae.distributions.reparameterize" in err.evalue
