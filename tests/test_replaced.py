@@ -111,10 +111,10 @@ def train(functions=None):
     x, _ = toy_images(n=240, d=36)
     model = npvae.VAE(36, (16,), 2, dtype="float64", seed=0)
     if functions is None:
-        history = npvae.fit(model, x[:180], x[180:], epochs=2, batch_size=60, seed=0, progress=False)
+        history = npvae.fit(model, x[:180], x[180:], epochs=2, batch_size=20, seed=0, progress=False)
     else:
         with npvae.replaced(functions):
-            history = npvae.fit(model, x[:180], x[180:], epochs=2, batch_size=60, seed=0, progress=False)
+            history = npvae.fit(model, x[:180], x[180:], epochs=2, batch_size=20, seed=0, progress=False)
     return np.array([history.column("loss"), history.column("test_loss")])
 
 
@@ -163,7 +163,7 @@ def test_nested_blocks_add_to_the_outer_one_and_give_it_back():
             assert dist.gaussian_kl(mu, logvar) == "inner kl"
             assert dist.reparameterize(mu, logvar, mu) == "outer z"
         assert dist.gaussian_kl(mu, logvar) == "outer kl"
-    assert dist.gaussian_kl(mu, logvar) not in ("outer kl", "inner kl")
+    assert not isinstance(dist.gaussian_kl(mu, logvar), str)
 
 
 def test_an_exception_in_the_block_restores_npvaes_functions():
