@@ -177,8 +177,8 @@ class textbook:
 
 
 def _run_given(name, given, args, kwargs):
-    """The function given for ``name`` in ``replaced``, called with the arguments; while it runs,
-    a call of npvae's ``name`` (itself, once more) is refused."""
+    """Call the function given for ``name`` in ``replaced``; while it runs, a call of npvae's
+    ``name`` (which would run it again, without end) is refused."""
     token = _GIVEN.set({**given, name: functools.partial(_calls_itself, name)})
     try:
         return given[name](*args, **kwargs)
@@ -210,7 +210,7 @@ class replaced:
         self.functions = {_known(name): f for name, f in functions.items()}
         for name, f in self.functions.items():
             if not callable(f):
-                raise TypeError(f"npvae.replaced: {name}: expected a function, got {type(f).__name__} {f!r}")
+                raise TypeError(f"npvae.replaced: {name}: expected a function, got {type(f).__name__}")
         self._tokens = []
 
     def __enter__(self):

@@ -211,7 +211,7 @@ def test_a_function_training_never_calls_is_refused():
 
 def test_something_not_callable_is_refused():
     with pytest.raises(TypeError) as info:
-        npvae.replaced({"distributions.gaussian_kl": 3})
+        npvae.replaced({"distributions.gaussian_kl": np.zeros((3, 3))})  # a multi-line repr stays out
     assert one_line(info).startswith("npvae.replaced: distributions.gaussian_kl: expected a function")
     with pytest.raises(TypeError):
         npvae.replaced([("distributions.gaussian_kl", student_kl)])
