@@ -11,8 +11,9 @@ The teaching modules hold the math, each equation once, forward above backward:
 few hot textbook functions by faster ones with the same results, for NumPy and CuPy arrays,
 in training; the notebooks, the graders and the math tests run the textbook code, and so
 does everything after ``npvae.textbook()`` (or in ``with npvae.textbook(): ...``, or with
-``NPVAE_FAST=0``). ``NPVAE_FAST`` is checked first, and a value npvae does not know stops the
-import.
+``NPVAE_FAST=0``). ``with npvae.replaced({"distributions.gaussian_kl": f, ...}): ...`` runs
+a student's functions in their place. ``NPVAE_FAST`` is checked first, and a value npvae
+does not know stops the import.
 """
 
 import os
@@ -36,7 +37,7 @@ try:
     from .checkpoint import CheckpointError, load, save
     from .metrics import active_units, evaluate, log_marginal_likelihood
     from .random import Generator
-    from .replaceable import textbook
+    from .replaceable import replaced, textbook
     from .train import History, TrainingError, fit
     from .vae import VAE, LossAndGrads
 
@@ -57,6 +58,6 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE", "LossAndGrads", "Generator", "asarray", "to_numpy", "get_backend", "set_backend",
     "fit", "load", "save", "CheckpointError", "History", "TrainingError", "evaluate", "log_marginal_likelihood",
-    "active_units", "textbook", "backend", "layers", "distributions", "gradcheck", "optim", "datasets",
+    "active_units", "replaced", "textbook", "backend", "layers", "distributions", "gradcheck", "optim", "datasets",
     "__version__",
 ]

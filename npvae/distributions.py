@@ -150,6 +150,7 @@ def gaussian_kl_backward(dkl, mu, logvar):
 # ---------------------------------------------------------------------------------------
 # Decoders P_phi(x|z)
 # ---------------------------------------------------------------------------------------
+@replaceable
 def sigmoid(a):
     """sigma(a) = 1 / (1 + exp(-a)), computed without overflow for any finite a.
 
@@ -160,6 +161,7 @@ def sigmoid(a):
     return xp.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+@replaceable
 def softplus(a):
     """log(1 + exp(a)) without overflow: max(a, 0) + log1p(exp(-|a|)). Its derivative is sigma(a)."""
     xp = array_namespace(a)
@@ -192,6 +194,7 @@ def bernoulli_log_likelihood_backward(dlog_p, x, logits):
     return per_row(dlog_p) * (x - sigmoid(logits))
 
 
+@replaceable
 def gaussian_log_likelihood(x, mean):
     """log P(x|z) for the lecture's Gaussian with unit variance, P = N(mean, I):
 
@@ -206,6 +209,7 @@ def gaussian_log_likelihood(x, mean):
     return -0.5 * xp.sum((x - mean) ** 2, axis=-1) - 0.5 * d * LOG_2PI
 
 
+@replaceable
 def gaussian_log_likelihood_backward(dlog_p, x, mean):
     """d log P / d mean = x - mean, times the upstream gradient of each row.
 
@@ -240,6 +244,7 @@ def lower_size(z_dim) -> int:
     return z_dim * (z_dim - 1) // 2
 
 
+@replaceable
 def scale_tril(log_diag, lower):
     """The Cholesky factor L = diag(exp(s)) + (the strictly-lower entries ``lower``).
 
@@ -259,6 +264,7 @@ def scale_tril(log_diag, lower):
     return xp.stack(rows, axis=-2)
 
 
+@replaceable
 def scale_tril_backward(dL, log_diag):
     """Gradients of ``scale_tril``: each entry of L comes from one input.
 
@@ -277,6 +283,7 @@ def scale_tril_backward(dL, log_diag):
     return diag * xp.exp(log_diag), dlower
 
 
+@replaceable
 def reparameterize_full(mu, L, eps):
     """z = mu + L eps, with eps ~ N(0, I): then E[z] = mu and Cov[z] = L I L^T = Sigma.
 
@@ -292,6 +299,7 @@ def reparameterize_full(mu, L, eps):
     return mu + xp.matmul(L, xp.expand_dims(eps, axis=-1))[..., 0]
 
 
+@replaceable
 def reparameterize_full_backward(dz, eps):
     """Gradients of z = mu + L eps, for the *same* eps the forward used.
 
@@ -335,6 +343,7 @@ def full_gaussian_log_density(z, mu, L):
     return -0.5 * xp.sum(u * u, axis=-1) - log_det_l - 0.5 * zdim * LOG_2PI
 
 
+@replaceable
 def full_gaussian_kl(mu, log_diag, lower):
     """KL(N(mu, L L^T) || N(0, I)) for each row, in nats.
 
@@ -360,6 +369,7 @@ def full_gaussian_kl(mu, log_diag, lower):
                   + xp.sum(mu * mu, axis=-1))
 
 
+@replaceable
 def full_gaussian_kl_backward(dkl, mu, log_diag, lower):
     """Gradients of ``full_gaussian_kl``, from its second form:
 

@@ -50,6 +50,7 @@ class Dense:
         bound = 1.0 / math.sqrt(self.in_dim)
         return {name: rng.uniform(shape, -bound, bound, dtype=dtype) for name, shape in self.param_shapes.items()}
 
+    @replaceable
     def forward(self, x):
         out = x @ self.W  # (N, D_out)
         out += self.b  # in place: no second (N, D_out) array
@@ -74,6 +75,7 @@ class ReLU:
 
     param_shapes: dict = {}
 
+    @replaceable
     def forward(self, x):
         xp = array_namespace(x)
         out = xp.maximum(x, 0.0)
@@ -93,6 +95,7 @@ class Tanh:
 
     param_shapes: dict = {}
 
+    @replaceable
     def forward(self, x):
         xp = array_namespace(x)
         out = xp.tanh(x)
@@ -112,10 +115,12 @@ class Sigmoid:
 
     param_shapes: dict = {}
 
+    @replaceable
     def forward(self, x):
         out = sigmoid(x)
         return out, out
 
+    @replaceable
     def backward(self, dout, cache):
         out = cache
         return dout * out * (1.0 - out)
@@ -162,6 +167,7 @@ class MLP:
         dense = [layer for layer in self.layers if layer.param_shapes]
         return [(str(k), layer) for k, layer in enumerate(dense)]
 
+    @replaceable
     def forward(self, x):
         caches = []
         for layer in self.layers:
@@ -169,6 +175,7 @@ class MLP:
             caches.append(cache)
         return x, caches
 
+    @replaceable
     def backward(self, dout, caches, need_dx=True):
         """Unwinds the layers in reverse; ``need_dx=False`` skips the input's gradient."""
         for i in range(len(self.layers) - 1, 0, -1):

@@ -82,6 +82,7 @@ class SGD(Optimizer):
         super().__init__(params, lr)
         self.momentum = check_real("momentum", momentum, minimum=0)
 
+    @replaceable
     def step(self, grads):
         self.t += 1
         self.velocity *= self.momentum
@@ -100,6 +101,7 @@ class Adagrad(Optimizer):
         super().__init__(params, lr)
         self.eps = check_real("eps", eps, minimum=0)
 
+    @replaceable
     def step(self, grads):
         xp = array_namespace(grads)
         self.t += 1

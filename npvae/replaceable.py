@@ -31,14 +31,22 @@ written) inside ``textbook()``, and the math tests run inside it. They are off:
 
 ``active()`` lists what is registered and on. The tests check that every replacement equals
 its textbook function on the shapes and dtypes training uses.
+
+A student's own functions run in place of npvae's inside ``with npvae.replaced({name: f})``
+(``replaced``): every function of ``layers``, ``distributions`` and ``optim`` that training
+calls is ``@replaceable``, and a function given there runs first, for arrays of any library,
+ahead of the fast paths and of ``textbook()``; another ``ContextVar`` holds them, so the block
+ends them (also on an exception) and other threads never see them.
 """
 
 from __future__ import annotations
 
 import contextvars
+import difflib
 import functools
 import inspect
 import os
+import sys
 import types
 
 from .backend import library_of
@@ -61,6 +69,7 @@ def fast_setting(value) -> bool:
 
 FAST = fast_setting(os.environ.get("NPVAE_FAST"))  # NPVAE_FAST, read once; a bad value stops the import
 _ON = contextvars.ContextVar("npvae_replacements_on", default=FAST)
+_GIVEN = contextvars.ContextVar("npvae_replaced", default=None)  # "module.function" -> a function given to replaced
 _FUNCTIONS: dict = {}  # "module.function" -> its Replaceable
 _LIBRARY_NAMES = {"numpy": "NumPy", "cupy": "CuPy"}  # as the docstrings spell them; in this order
 
@@ -79,6 +88,9 @@ class Replaceable:
         _FUNCTIONS[self.replaceable_name] = self
 
     def __call__(self, *args, **kwargs):
+        given = _GIVEN.get()
+        if given is not None and self.replaceable_name in given:  # inside npvae.replaced: the function given runs
+            return _run_given(self.replaceable_name, given, args, kwargs)
         library = self.library(args, kwargs)
         if self.replacements and _ON.get():
             faster = self.replacements.get(library)
@@ -162,3 +174,70 @@ class textbook:
 
     def __exit__(self, *exc):
         _ON.reset(self._token)
+
+
+def _run_given(name, given, args, kwargs):
+    """Call the function given for ``name`` in ``replaced``; while it runs, a call of npvae's
+    ``name`` (which would run it again, without end) is refused."""
+    token = _GIVEN.set({**given, name: functools.partial(_calls_itself, name)})
+    try:
+        return given[name](*args, **kwargs)
+    finally:
+        _GIVEN.reset(token)
+
+
+def _calls_itself(name, *args, **kwargs):
+    raise RuntimeError(f"npvae.replaced: the function given for {name} calls npvae's {name}, which it replaces "
+                       f"inside the block; compute it without calling it")
+
+
+class replaced:
+    """Run the given functions in place of npvae's of those names inside the block::
+
+        with npvae.replaced({"distributions.gaussian_kl": my_kl, "layers.Dense.backward": my_backward}):
+            npvae.fit(model, x_train, x_test, epochs=2)   # runs my_kl and my_backward
+
+    A name is ``"module.function"`` or ``"module.Class.method"`` of ``layers``,
+    ``distributions`` or ``optim``, one that training calls; a method's function gets the
+    object first (``my_backward(layer, dout, cache, need_dx=True)``). They run for arrays of
+    every library, ahead of npvae.fast's replacements and of ``textbook()``. A block inside
+    another adds to it; the end of the block (also by an exception) gives npvae's functions
+    back; other threads are not affected. ``fn.textbook`` stays npvae's own function."""
+
+    def __init__(self, functions):
+        if not isinstance(functions, dict):
+            raise TypeError(f"npvae.replaced: expected a dict {{name: function}}, got {type(functions).__name__}")
+        self.functions = {_known(name): f for name, f in functions.items()}
+        for name, f in self.functions.items():
+            if not callable(f):
+                raise TypeError(f"npvae.replaced: {name}: expected a function, got {type(f).__name__}")
+        self._tokens = []
+
+    def __enter__(self):
+        self._tokens.append(_GIVEN.set({**(_GIVEN.get() or {}), **self.functions}))
+        return self
+
+    def __exit__(self, *exc):
+        _GIVEN.reset(self._tokens.pop())
+
+
+def _known(name):
+    """``name`` as a key of ``_FUNCTIONS``, or a ValueError, in one line, that says why not."""
+    if name in _FUNCTIONS:
+        return name
+    module, _, path = str(name).partition(".")
+    teaching = module in ("layers", "distributions", "optim")
+    found = sys.modules.get(f"npvae.{module}") if teaching else None
+    for part in path.split(".") if found is not None and path else ():
+        found = getattr(found, part, None)
+    if isinstance(found, Replaceable):  # e.g. layers.sigmoid, imported from distributions
+        return found.replaceable_name
+    if callable(found):
+        steps = ", ".join(n.partition(".")[2] for n in _FUNCTIONS if n.startswith(module + "."))
+        raise ValueError(f"npvae.replaced: {name}: training never calls it; those of {module} it calls: {steps}")
+    close = difflib.get_close_matches(str(name), _FUNCTIONS, n=3)
+    hint = f"did you mean {' or '.join(map(repr, close))}?" if close else ""
+    if not (close and teaching):  # say what a name is
+        hint = "; ".join(filter(None, ("expected 'module.function' or 'module.Class.method' of layers, distributions "
+                                       "or optim that training calls, e.g. 'distributions.gaussian_kl'", hint)))
+    raise ValueError(f"npvae.replaced: unknown name {name!r}; {hint}")
