@@ -29,8 +29,9 @@ Each ``f_backward(df, ...)`` sits right below its ``f``: it takes the gradient o
 respect to ``f``'s output (per example, shape (N,), or one Python number for every example)
 and returns the gradients with respect to ``f``'s inputs.
 
-``@replaceable`` marks a function that ``npvae.fast`` may replace, for NumPy or CuPy arrays,
-by a faster one with the same results (``NPVAE_FAST=0`` runs exactly the code below).
+``@replaceable`` marks a function that training calls: ``npvae.replaced`` can run a student's
+version in its place, and ``npvae.fast`` may replace some, for NumPy or CuPy arrays, by faster
+ones with the same results (``NPVAE_FAST=0`` runs exactly the code below).
 
 Shape letters: N batch, D data dimension, Z latent dimension, K = Z(Z-1)/2 (entries below
 the diagonal of a Z x Z matrix).

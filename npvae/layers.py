@@ -11,8 +11,9 @@ vectors (``model.params`` and ``model.grads``), which is what lets one optimizer
 gradient check and one checkpoint handle the whole model as a single 1-D array. See
 ``FlatParameters``.
 
-``@replaceable`` marks a method that ``npvae.fast`` may replace, for NumPy or CuPy arrays, by
-a faster one with the same results (``NPVAE_FAST=0`` runs exactly the code below).
+``@replaceable`` marks a method that training calls: ``npvae.replaced`` can run a student's
+version in its place, and ``npvae.fast`` may replace some, for NumPy or CuPy arrays, by faster
+ones with the same results (``NPVAE_FAST=0`` runs exactly the code below).
 
 Shape letters: N batch, D_in / D_out the widths of a layer.
 """

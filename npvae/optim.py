@@ -13,8 +13,9 @@ arrays of the same length, which is what a checkpoint saves (``state_dict``).
       params <- params - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
 Every update writes into the flat vectors in place (``-=``, ``[...] =``), so the layers, which
-hold views into ``params``, see the change. ``Adam.step`` is ``@replaceable``: ``npvae.fast``
-runs the same update with fewer temporary arrays on NumPy (and as one kernel on CuPy).
+hold views into ``params``, see the change. Each ``step`` is ``@replaceable``
+(``npvae.replaced`` can run a student's in its place); for ``Adam.step``, ``npvae.fast`` runs the
+same update with fewer temporary arrays on NumPy (and as one kernel on CuPy).
 """
 
 from __future__ import annotations
