@@ -9,14 +9,14 @@ cell that opens with ``# Exercise NN.k: ...``::
         ### END SOLUTION
 
 and the code cell right after it is the exercise's grader (``npvae.grading``). The cell's
-metadata says the same for tools: ``{"npvae": {"exercise": "02.1", "wrong": "..."}}`` (the
-wrong answer is a plausible mistake the tests put in place of the solution, to check that the
-grader catches it) and nbgrader's own ``{"nbgrader": {"solution": true, ...}}``, so teachers
-who use nbgrader can use the notebooks as they are.
+metadata says the same for tools: ``{"npvae": {"exercise": "02.1"}}``, and nbgrader's own
+``{"nbgrader": {"solution": true, ...}}``, so teachers who use nbgrader can use the notebooks
+as they are. (The planted wrong answers that the tests put in place of each solution, to see
+its grader catch them, live in the tests, never in a notebook that nbgrader would release.)
 
 ``student_copy(nb)`` replaces every solution, markers included, by
-``raise NotImplementedError("Exercise NN.k: ...")`` at the marker's indentation and drops the
-wrong answers; nothing else changes. ``npvae exercises DIR`` writes the student copies of all
+``raise NotImplementedError("Exercise NN.k: ...")`` at the marker's indentation; nothing else
+changes. ``npvae exercises DIR`` writes the student copies of all
 notebooks into DIR; ``read_notebook`` refuses, in one line naming the file and the key, a file
 that is not such a notebook, and every notebook is read and copied before any is written.
 """
@@ -91,18 +91,17 @@ def student_copy(nb, only=None):
             continue
         cell.source = replace_solutions(cell.source, lambda indent, ex=ex: (
             f'raise NotImplementedError("Exercise {ex}: write your solution here")'))
-        cell.metadata.get("npvae", {}).pop("wrong", None)
     return nb
 
 
-def with_wrong_answer(nb, exercise):
-    """A copy of ``nb`` whose exercise ``exercise`` has its stored wrong answer in place of the
-    solution (every other solution kept): what the tests run to see the grader catch it."""
+def with_answer(nb, exercise, answer):
+    """A copy of ``nb`` whose exercise ``exercise`` has ``answer`` (code, indented as the
+    solution is) in place of its solution, every other solution kept: what the tests run to see
+    the grader catch a planted mistake."""
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         if exercise_id(cell) == exercise:
-            wrong = cell.metadata["npvae"]["wrong"]
-            cell.source = replace_solutions(cell.source, lambda indent: wrong)
+            cell.source = replace_solutions(cell.source, lambda indent: answer)
             return nb
     raise ValueError(f"exercise: no exercise {exercise!r} in this notebook")
 

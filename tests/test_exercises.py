@@ -15,6 +15,7 @@ from nbclient.exceptions import CellExecutionError
 from npvae import cli
 from npvae import exercises as ex
 from conftest import EXPECTED_BACKEND, NOTEBOOK_DIR, NOTEBOOKS, read_notebook
+from planted_answers import WRONG
 
 
 def exercise_cells(nb):
@@ -34,7 +35,7 @@ def tiny_notebook():
         nbformat.v4.new_code_cell(
             "# Exercise 01.1: a square\ndef square(a):\n    \"\"\"a^2\"\"\"\n    ### BEGIN SOLUTION\n"
             "    b = a * a\n    return b\n    ### END SOLUTION\n",
-            metadata={"npvae": {"exercise": "01.1", "wrong": "return a + a"}}),
+            metadata={"npvae": {"exercise": "01.1"}}),
         nbformat.v4.new_code_cell("# Grader for exercise 01.1\nassert square(3) == 9, 'Exercise 01.1: not a square'",
                                   metadata={"npvae": {"grader": "01.1"}}),
         nbformat.v4.new_markdown_cell("Try it"),
@@ -47,11 +48,10 @@ def test_student_copy_replaces_only_the_solution():
     student = ex.student_copy(nb)
     assert student.cells[1].source == ("# Exercise 01.1: a square\ndef square(a):\n    \"\"\"a^2\"\"\"\n"
                                        "    raise NotImplementedError(\"Exercise 01.1: write your solution here\")")
-    assert "wrong" not in student.cells[1].metadata["npvae"]
     for i in (0, 2, 3):
         assert student.cells[i] == nb.cells[i]
     assert "    b = a * a" in nb.cells[1].source  # the original is untouched
-    wrong = ex.with_wrong_answer(nb, "01.1")
+    wrong = ex.with_answer(nb, "01.1", "return a + a")
     assert "    return a + a" in wrong.cells[1].source and "### BEGIN" not in wrong.cells[1].source
 
 
@@ -94,7 +94,8 @@ def test_there_are_at_least_eight_exercises_each_followed_by_its_grader():
         for i, cell in exercise_cells(nb):
             e = ex.exercise_id(cell)
             assert path.name.startswith(e.split(".")[0]), f"{path.name}: exercise {e} is numbered for another notebook"
-            assert cell.metadata["npvae"]["exercise"] == e and cell.metadata["npvae"]["wrong"].strip()
+            assert cell.metadata["npvae"] == {"exercise": e}  # no planted answer: nbgrader would release it
+            assert WRONG[e].strip(), f"{e}: no planted wrong answer in tests/planted_answers.py"
             assert cell.metadata["nbgrader"]["solution"] is True
             grader = nb.cells[i + 1]
             assert grader.cell_type == "code" and grader.metadata["npvae"]["grader"] == e, f"{path.name}: {e}"
@@ -122,7 +123,7 @@ def run_until_error(nb, stop_after):
 def test_a_wrong_answer_fails_at_its_own_grader(path, exercise):
     original = read_notebook(path)
     index_of = {ex.exercise_id(c): i for i, c in exercise_cells(original)}
-    nb = ex.with_wrong_answer(original, exercise)
+    nb = ex.with_answer(original, exercise, WRONG[exercise])
     grader = index_of[exercise] + 1
     index, err = run_until_error(nb, grader)
     assert index == grader, f"expected the grader of {exercise} (cell {grader}) to fail, got cell {index}: {err}"

@@ -70,7 +70,7 @@ def good_notebook():
     nb.cells = [
         nbformat.v4.new_code_cell("# setup\nimport math"),
         nbformat.v4.new_code_cell("# Exercise 01.1: a square\ndef square(a):\n    ### BEGIN SOLUTION\n    return a * a\n"
-                                  "    ### END SOLUTION\n", metadata={"npvae": {"exercise": "01.1", "wrong": "return a"}}),
+                                  "    ### END SOLUTION\n", metadata={"npvae": {"exercise": "01.1"}}),
     ]
     return json.loads(nbformat.writes(nb))
 

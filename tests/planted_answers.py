@@ -1,0 +1,59 @@
+"""The planted wrong answers of the notebooks' exercises, keyed by exercise: each is a
+plausible mistake put in place of the solution (between nbgrader's markers) by
+tests/test_exercises.py, to check that the exercise's grader catches it. They live here, not in
+the notebooks, so that nbgrader never copies them into a release for students."""
+
+WRONG = {
+    "02.1": """\
+sigma = xp.exp(logvar)
+return mu + sigma * eps""",
+    "02.2": """\
+sigma = xp.exp(0.5 * logvar)
+return dz, dz * sigma * eps""",
+    "03.1": """\
+p = 1.0 / (1.0 + xp.exp(-logits))
+return xp.sum(x * xp.log(p) + (1 - x) * xp.log(1 - p), axis=-1)""",
+    "03.2": """\
+p = dist.sigmoid(logits)
+return xp.reshape(dlog_p, (-1, 1)) * (p - x)""",
+    "03.3": """\
+squared_error = xp.sum((x - mean) ** 2, axis=-1)
+return -0.5 * squared_error""",
+    "04.1": """\
+return xp.sum(mu**2 + xp.exp(logvar) - 1 - logvar, axis=-1)""",
+    "04.2": """\
+dkl = xp.reshape(dkl, (-1, 1))
+return dkl * mu, dkl * (xp.exp(logvar) - 1)""",
+    "07.1": """\
+dx = dout @ W.T
+dW = dout.T @ x
+db = xp.sum(dout, axis=0)
+return dx, dW, db""",
+    "07.2": """\
+m = beta1 * m + (1.0 - beta1) * grads
+v = beta2 * v + (1.0 - beta2) * grads * grads
+params = params - lr * m / (xp.sqrt(v) + eps)
+return params, m, v""",
+    "08.1": """\
+class ELU:
+    param_shapes = {}
+
+    def forward(self, x):
+        xp = backend.array_namespace(x)
+        neg = xp.minimum(x, 0.0)
+        out = xp.where(x > 0, x, alpha * xp.expm1(neg))
+        return out, out
+
+    def backward(self, dout, cache):
+        xp = backend.array_namespace(dout)
+        out = cache
+        slope = xp.where(out > 0, xp.ones_like(out), alpha * xp.exp(xp.minimum(out, 0.0)))
+        return dout * slope
+
+return ELU()""",
+    "08.2": """\
+z = mu.shape[-1]
+trace = xp.sum(xp.exp(2.0 * log_diag), axis=-1)
+log_det = 2.0 * xp.sum(log_diag, axis=-1)
+return 0.5 * (trace + xp.sum(mu * mu, axis=-1) - z - log_det)""",
+}
