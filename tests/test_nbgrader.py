@@ -21,13 +21,15 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from npvae import exercises as ex
+from npvae import exercises as ex, replaceable
 from conftest import EXPECTED_BACKEND, NOTEBOOK_DIR, NOTEBOOKS, read_notebook
 from planted_answers import WRONG
 
 ROOT = NOTEBOOK_DIR.parent
 
-numpy_only = pytest.mark.skipif(EXPECTED_BACKEND != "numpy", reason="run once, on NumPy: the graders are backend-free")
+# The notebooks run the textbook code (npvae.textbook()) whatever the backend or NPVAE_FAST: once is enough.
+numpy_only = pytest.mark.skipif(EXPECTED_BACKEND != "numpy" or not replaceable.FAST,
+                                reason="run once, on NumPy with the fast paths on: the notebooks run the textbook code")
 
 
 def exercises_and_graders(nb):
