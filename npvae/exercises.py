@@ -106,6 +106,33 @@ def with_answer(nb, exercise, answer):
     raise ValueError(f"exercise: no exercise {exercise!r} in this notebook")
 
 
+def load(ids, folder="."):
+    """{exercise: the function its exercise cell defines} for the exercises ``ids`` ("02.1", ...),
+    each read from its notebook in ``folder`` (``NN_*.ipynb`` for exercise NN.k; the working
+    folder by default, the notebooks' own when they run): the code a student saved, run on its
+    own in a namespace with what the notebooks' setup cells import (npvae, dist, backend, math,
+    np). A stub left in place raises its NotImplementedError when the function is called."""
+    import math
+
+    import numpy as np
+
+    import npvae
+    from npvae import backend, distributions
+
+    found = {}
+    for exercise in ids:
+        paths = sorted(Path(folder).glob(f"{exercise.split('.')[0]}_*.ipynb"))
+        cells = [c for p in paths for c in read_notebook(p).cells if exercise_id(c) == exercise]
+        if not cells:
+            raise ValueError(f"exercise {exercise}: no notebook in {folder} has it (expected "
+                             f"{exercise.split('.')[0]}_*.ipynb with a cell '# Exercise {exercise}: ...')")
+        name = re.search(r"^(?:def|class)\s+(\w+)", cells[0].source, re.M).group(1)
+        namespace = {"npvae": npvae, "dist": distributions, "backend": backend, "math": math, "np": np}
+        exec(compile(cells[0].source, f"<exercise {exercise}>", "exec"), namespace)
+        found[exercise] = namespace[name]
+    return found
+
+
 def read_notebook(path):
     """The notebook file ``path`` (nbformat 4), or ValueError in one line naming the file and the
     key: a folder, a FIFO or an unreadable file; not JSON; ``nbformat`` not 4; ``cells`` not a

@@ -24,6 +24,14 @@ return xp.sum(mu**2 + xp.exp(logvar) - 1 - logvar, axis=-1)""",
     "04.2": """\
 dkl = xp.reshape(dkl, (-1, 1))
 return dkl * mu, dkl * (xp.exp(logvar) - 1)""",
+    "06.1": """\
+q = np.exp(log_q) * area
+q = q / q.sum()
+log_joint = log_px_z + log_pz
+top = np.max(log_joint)
+p = np.exp(log_joint - top)
+p = p / p.sum()
+return float(p @ (np.log(p) - np.log(q)))""",
     "07.1": """\
 dx = dout @ W.T
 dW = dout.T @ x
@@ -34,6 +42,32 @@ m = beta1 * m + (1.0 - beta1) * grads
 v = beta2 * v + (1.0 - beta2) * grads * grads
 params = params - lr * m / (xp.sqrt(v) + eps)
 return params, m, v""",
+    "07.3": """\
+log_p = dist.bernoulli_log_likelihood(x, logits)
+kl = dist.gaussian_kl(mu, logvar)
+return xp.sum(-log_p + beta * kl)""",
+    "07.4": """\
+dense_backward, adam_step = mine["07.1"], mine["07.2"]
+
+def layer_backward(layer, dout, cache, need_dx=True):
+    dx, layer.dW, layer.db = dense_backward(dout, cache, layer.W)
+    return dx if need_dx else None
+
+def adam(opt, grads):
+    opt.t += 1
+    params, m, v = adam_step(opt.params, grads, opt.m, opt.v, opt.t, opt.lr, opt.beta1, opt.beta2, opt.eps)
+    opt.params[...], opt.m[...], opt.v[...] = params, m, v
+
+def per_row(upstream, like):
+    xp = npvae.backend.array_namespace(like)
+    return xp.zeros_like(like[:, 0]) + upstream if isinstance(upstream, (int, float)) else upstream
+
+return {"distributions.reparameterize": mine["02.1"], "distributions.reparameterize_backward": mine["02.2"],
+        "distributions.bernoulli_log_likelihood": mine["03.1"],
+        "distributions.bernoulli_log_likelihood_backward": lambda d, x, logits: mine["03.2"](per_row(d, logits), x, logits),
+        "distributions.gaussian_kl": mine["04.1"],
+        "distributions.gaussian_kl_backward": lambda d, mu, logvar: mine["04.2"](per_row(d, mu), mu, logvar),
+        "layers.Dense.backward": layer_backward, "optim.Adam.step": adam}""",
     "08.1": """\
 class ELU:
     param_shapes = {}

@@ -15,6 +15,7 @@ import inspect
 import sys
 
 import nbformat
+import numpy as np
 import pytest
 
 import npvae
@@ -243,3 +244,150 @@ def test_in_a_notebook_a_name_imported_from_npvae_before_the_grader_is_refused()
     failed_at, err = run_until_error(nb, index + 2)
     assert failed_at == index + 2 and err.ename == "ExerciseFailed", err
     assert "Exercise 02.1: write it yourself; your function called npvae.distributions.reparameterize" in err.evalue
+
+
+# --- items 4 and 5: the new exercises' graders (06.1, 07.3, 07.4) ----------------------------------
+@pytest.fixture(autouse=True)
+def in_the_notebooks_folder(monkeypatch):
+    """Graders run where the notebooks do: 07.4's reads the student's saved exercises from there."""
+    monkeypatch.chdir(NOTEBOOK_DIR)
+
+
+def from_source(source, name, **names):
+    namespace = {"np": np, "npvae": npvae, "dist": npvae.distributions, **names}
+    exec(source, namespace)
+    return namespace[name]
+
+
+KL_GRID = "def kl_to_posterior(log_q, log_px_z, log_pz, area):\n    {}\n"
+Q_CELLS = "q = np.exp(log_q) * area; q = q / q.sum(); lj = log_px_z + log_pz; "
+LOGSUMEXP = "np.max(lj) + np.log(np.sum(np.exp(lj - np.max(lj))))"
+
+
+@pytest.mark.parametrize("body, named", [
+    (Q_CELLS + f"p = np.exp(lj - ({LOGSUMEXP})); return float(p @ (np.log(p) - np.log(q)))", "direction swapped"),
+    (Q_CELLS + "return float(q @ (np.log(q) - lj))", "the posterior is not normalized"),
+    (Q_CELLS + "return float(q @ (np.log(q) - log_pz - np.log(area)))", "KL(Q || P(z)), to the prior"),
+    (Q_CELLS + "lp = log_px_z - np.max(log_px_z); return float(q @ (np.log(q) - lp + np.log(np.sum(np.exp(lp)))))",
+     "the posterior lacks the prior"),
+    (f"lj = log_px_z + log_pz; return float(np.exp(log_q) @ (log_q - lj + {LOGSUMEXP}))", "not cell probabilities"),
+])
+def test_06_1_names_each_slip(body, named):
+    assert named in refused("06.1", from_source(KL_GRID.format(body), "kl_to_posterior"))
+
+
+def test_06_1_the_kl_as_an_integral_of_densities_passes():
+    # the density form: sum_i Q(z_i) dA (log Q(z_i) - log P(z_i|x)), log P(z_i|x) = log P(x, z_i) - log P(x)
+    body = (f"lj = log_px_z + log_pz; log_px = {LOGSUMEXP} + np.log(area); "
+            "return (np.exp(log_q) * area) @ (log_q - (lj - log_px))")
+    assert grade("06.1", from_source(KL_GRID.format(body), "kl_to_posterior")) is None
+
+
+NEG_ELBO = ("def neg_elbo(x, logits, mu, logvar, beta=1.0):\n    xp = npvae.backend.array_namespace(x)\n"
+            "    log_p, kl = dist.bernoulli_log_likelihood(x, logits), dist.gaussian_kl(mu, logvar)\n    return {}\n")
+
+
+@pytest.mark.parametrize("expression, named", [
+    ("xp.sum(-log_p + beta * kl)", "summed over the batch"),
+    ("xp.mean(log_p + beta * kl)", "reconstruction term has the wrong sign"),
+    ("xp.mean(log_p - beta * kl)", "the ELBO itself"),
+    ("xp.mean(-log_p - beta * kl)", "the KL term has the wrong sign"),
+    ("xp.mean(-beta * log_p + kl)", "beta multiplies the reconstruction term"),
+    ("xp.mean(-log_p + kl)", "beta is ignored"),
+    ("-log_p + beta * kl", "return one number"),
+])
+def test_07_3_names_each_slip(expression, named):
+    assert named in refused("07.3", from_source(NEG_ELBO.format(expression), "neg_elbo"))
+
+
+def test_07_3_a_correct_answer_written_another_way_passes():
+    expression = "float((beta * xp.sum(kl) - xp.sum(log_p)) / x.shape[0])"
+    assert grade("07.3", from_source(NEG_ELBO.format(expression), "neg_elbo")) is None
+
+
+def capstone(dense_lines=("layer.dW[...] = dW", "layer.db[...] = db"),
+             adam_lines=("opt.params[...] = params", "opt.m[...] = m", "opt.v[...] = v"), drop=(), npvae_kl=False):
+    """A 07.4 answer: npvae.replaced's dict made from ``mine``, with the given lines in the wrappers."""
+    def my_replacements(mine):
+        dense_backward, adam_step = mine["07.1"], mine["07.2"]
+
+        def layer_backward(layer, dout, cache, need_dx=True):
+            dx, dW, db = dense_backward(dout, cache, layer.W)
+            for line in dense_lines:
+                exec(line, {"layer": layer, "dW": dW, "db": db})
+            return dx if need_dx else None
+
+        def adam(opt, grads):
+            opt.t += 1
+            params, m, v = adam_step(opt.params, grads, opt.m, opt.v, opt.t, opt.lr, opt.beta1, opt.beta2, opt.eps)
+            for line in adam_lines:
+                exec(line, {"opt": opt, "params": params, "m": m, "v": v})
+
+        def per_row(d, like):  # npvae may pass one number for every row; 03.2 and 04.2 take (N,)
+            xp = npvae.backend.array_namespace(like)
+            return xp.zeros_like(like[:, 0]) + d if isinstance(d, (int, float)) else d
+
+        functions = {
+            "distributions.reparameterize": mine["02.1"], "distributions.reparameterize_backward": mine["02.2"],
+            "distributions.bernoulli_log_likelihood": mine["03.1"], "distributions.gaussian_kl": mine["04.1"],
+            "distributions.bernoulli_log_likelihood_backward": lambda d, x, l: mine["03.2"](per_row(d, l), x, l),
+            "distributions.gaussian_kl_backward": lambda d, mu, lv: mine["04.2"](per_row(d, mu), mu, lv)}
+        if npvae_kl:
+            functions["distributions.gaussian_kl"] = npvae.distributions.gaussian_kl.textbook
+        functions.update({"layers.Dense.backward": layer_backward, "optim.Adam.step": adam})
+        return {k: f for k, f in functions.items() if k not in drop}
+
+    return my_replacements
+
+
+def test_07_4_names_a_dense_backward_that_binds_new_arrays():
+    message = refused("07.4", capstone(dense_lines=("layer.dW = dW", "layer.db = db")))
+    assert "run alone, your layers.Dense.backward gives the difference" in message and "layer.dW[...] = dW" in message
+
+
+def test_07_4_names_an_adam_step_that_binds_new_arrays():
+    message = refused("07.4", capstone(adam_lines=("opt.params = params", "opt.m = m", "opt.v = v")))
+    assert "run alone, your optim.Adam.step gives the difference" in message and "opt.params[...] = params" in message
+
+
+def test_07_4_names_a_missing_function():
+    message = refused("07.4", capstone(drop=("distributions.gaussian_kl_backward",)))
+    assert "lacks 'distributions.gaussian_kl_backward' (from exercise 04.2)" in message
+
+
+def test_07_4_names_npvaes_function_in_place_of_yours():
+    message = refused("07.4", capstone(npvae_kl=True))
+    assert "your distributions.gaussian_kl never called your function of exercise 04.1" in message
+
+
+def test_07_4_a_wrapper_with_the_wrong_signature_is_named():
+    def my_replacements(mine):
+        functions = capstone()(mine)
+        functions["layers.Dense.backward"] = lambda layer, dout: None  # no cache: it has the input x
+        return functions
+
+    assert "raised TypeError" in refused("07.4", my_replacements)
+
+
+def test_07_4_correct_functions_written_another_way_train_to_the_same_loss(capsys):
+    # other right answers to 02.1-07.2 (sqrt(exp(logvar)), Adam's efficient form, ...) and other wrappers, in
+    # float32: within the grader's stated 1e-3 (measured 1e-7)
+    from test_replaced import (student_kl, student_kl_backward, student_log_likelihood,
+                               student_log_likelihood_backward, student_reparameterize,
+                               student_reparameterize_backward)
+
+    def adam_step(params, grads, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        xp = npvae.backend.array_namespace(params)
+        m = beta1 * m + (1.0 - beta1) * grads
+        v = beta2 * v + (1.0 - beta2) * grads**2
+        root = (1.0 - beta2**t) ** 0.5
+        return params - lr * root / (1.0 - beta1**t) * m / (xp.sqrt(v) + eps * root), m, v
+
+    mine = {"02.1": student_reparameterize, "02.2": student_reparameterize_backward,
+            "03.1": student_log_likelihood, "03.2": student_log_likelihood_backward, "04.1": student_kl,
+            "04.2": student_kl_backward, "07.1": solution("07.1"), "07.2": adam_step}
+    wrappers = capstone(dense_lines=("layer.dW[:, :] = dW", "layer.db[:] = db"),
+                        adam_lines=("opt.params[:] = params", "opt.m = m", "opt.v = v"))
+    EXERCISES["07.4"][1](wrappers, mine=mine)
+    out = capsys.readouterr().out
+    assert "Exercise 07.4 passed" in out and "relative difference 0.0e+00" not in out, out  # ran, and not bit-equal

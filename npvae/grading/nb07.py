@@ -13,6 +13,12 @@
   ``npvae.optim.Adam`` (params, m and v), once with the default hyperparameters and once with
   others passed by keyword.
 
+- ``check_neg_elbo(neg_elbo)``, exercise 07.3: the batch -ELBO from its two terms (slide 17),
+  compared with ``model.loss(x, eps, beta)`` on real digits (beta 1, 0.25 and 3).
+- ``check_capstone(my_replacements)``, exercise 07.4: npvae.replaced's functions made from the
+  student's 02.1-07.2 train ``npvae.fit`` (2 epochs, float32, same seed) to npvae's test -ELBO;
+  when they do not, each is run alone to name the one that differs.
+
 Each recognises the common mistakes (a transposed dW, db not summed over the batch, Adam
 without its bias correction, ...) and says what is wrong in words.
 """
@@ -242,3 +248,164 @@ def check_adam_step(adam_step):
                                      f"eps={others['eps']}", others, pass_hyper=True, seed=722))
     passed(ADAM_EX, f"6 steps from m = v = 0 equal npvae.optim.Adam (params, m and v; the defaults and other "
                     f"hyperparameters); largest relative difference in params {worst:.1e}")
+
+
+# ---------------------------------------------------------------------------------------
+# 07.3: the batch -ELBO from its two terms (slide 17)
+# ---------------------------------------------------------------------------------------
+LOSS_EX = "07.3"
+
+
+def _loss_case(beta):
+    """A real batch: 64 test digits through a small float64 VAE, with one eps per digit; returns
+    (x, logits, mu, logvar), the per-digit log P(x|z) and KL, and npvae's loss with ``beta``."""
+    from ..datasets import load
+    from ..random import Generator
+    from ..vae import VAE
+
+    model = VAE(784, (32,), 4, dtype="float64", seed=7)
+    x = asarray(load()[1][0][:64], dtype="float64")
+    eps = Generator(7).standard_normal((64, 4), dtype="float64")
+    fwd = model.forward(x, eps)
+    return (x, fwd.out, fwd.q.mu, fwd.q.logvar), host(fwd.log_p), host(fwd.kl), model.loss(x, eps, beta=beta)
+
+
+def check_neg_elbo(neg_elbo):
+    """Grade exercise 07.3: ``neg_elbo(x, logits, mu, logvar, beta=1.0)`` is npvae's training loss,
+    ``model.loss(x, eps, beta)``, for the batch that ``model.forward(x, eps)`` gives."""
+    for beta in (1.0, 0.25, 3.0):
+        args, log_p, kl, want = _loss_case(beta)
+        got = call(LOSS_EX, neg_elbo, *args) if beta == 1.0 else call(LOSS_EX, neg_elbo, *args, beta=beta)
+        got = host(got, LOSS_EX, "the loss")
+        n = log_p.shape[0]
+        if got.shape != ():
+            fail(LOSS_EX, f"return one number for the batch (the loss gradient descent lowers), not an array of shape "
+                          f"{got.shape}: average the per-digit -ELBO over the {n} digits")
+        slips = [
+            (np.sum(-log_p + beta * kl), f"the loss is summed over the batch: slide 17 sums l_i over the data for the "
+                                         f"total loss, but a batch's loss is the mean over its digits (npvae's, so that "
+                                         f"the step size does not grow with the batch); a sum is {n} times larger"),
+            (np.mean(log_p - beta * kl), "you returned the ELBO itself: the loss is its negative (gradient descent "
+                                         "lowers the loss, and the ELBO is to be raised)"),
+            (np.mean(log_p + beta * kl), "the reconstruction term has the wrong sign: a digit the decoder explains "
+                                         "well (log P(x|z) near 0) must cost less than one it explains badly"),
+            (np.mean(-log_p - beta * kl), "the KL term has the wrong sign: it is a penalty (slide 17's regularizer), "
+                                          "so a Q further from the prior must cost more"),
+            (np.mean(-beta * log_p + kl), "beta multiplies the reconstruction term: it weighs the KL term (a "
+                                          "beta-VAE's beta > 1 pulls Q harder towards the prior)"),
+            (np.mean(-log_p + kl), f"beta is ignored: with beta = {beta:g} the KL term is weighed by beta"),
+        ]
+        if not np.isclose(got, want, rtol=1e-10, atol=1e-10):
+            for value, message in slips:
+                if np.isclose(got, value, rtol=1e-10, atol=1e-10):
+                    fail(LOSS_EX, message)
+            compare(LOSS_EX, got, want, f"the loss with beta = {beta:g} (npvae's model.loss gives {want:.6f})")
+    passed(LOSS_EX, "your -ELBO equals npvae's model.loss on 64 test digits through a small VAE, with beta = 1, "
+                    "0.25 and 3 (to 1e-10 relative)")
+
+
+# ---------------------------------------------------------------------------------------
+# 07.4: the capstone: npvae.fit on the student's own functions
+# ---------------------------------------------------------------------------------------
+CAPSTONE_EX = "07.4"
+YOURS = {  # the name npvae.replaced knows -> the exercise whose function it runs
+    "distributions.reparameterize": "02.1", "distributions.reparameterize_backward": "02.2",
+    "distributions.bernoulli_log_likelihood": "03.1", "distributions.bernoulli_log_likelihood_backward": "03.2",
+    "distributions.gaussian_kl": "04.1", "distributions.gaussian_kl_backward": "04.2",
+    "layers.Dense.backward": "07.1", "optim.Adam.step": "07.2",
+}
+# Float32 training: the same sums done in another order (xp.sqrt(xp.exp(logvar)) for exp(logvar / 2), Adam's
+# efficient form) round differently, by about 1e-7 relative per operation, and 32 Adam steps carry that
+# into the test -ELBO: measured 1e-7 relative for right answers written another way (tests/test_graders.py).
+# The slips tried move it far more (a Dense backward that binds new arrays: 550 against 310 nats). The bound
+# sits between, with room for other BLAS libraries and GPUs: 1e-3 relative.
+CAPSTONE_RTOL = 1e-3
+HINTS = {
+    "layers.Dense.backward": "write dW and db into the layer's own arrays, layer.dW[...] = dW and layer.db[...] = db "
+                             "(they are views of the model's gradient vector, which the optimizer reads; an array "
+                             "bound to layer.dW instead is never seen), and return dx only when need_dx",
+    "optim.Adam.step": "count the step (opt.t += 1 before your adam_step, which wants t = 1 at the first step), "
+                       "pass opt.lr, opt.beta1, opt.beta2 and opt.eps, and write the results into opt.params, opt.m "
+                       "and opt.v in place (opt.params[...] = params: it is the model's parameter vector)",
+}
+
+
+def _capstone_run(functions=None):
+    """Test -ELBO after each of 2 epochs of npvae.fit (float32, seed 0, 2,048 training digits,
+    784-64-8), on npvae's textbook functions or inside npvae.replaced(functions)."""
+    from ..datasets import load
+    from ..replaceable import replaced, textbook
+    from ..train import fit
+    from ..vae import VAE
+
+    (x_train, _), (x_test, _) = load()
+    model = VAE(784, (64,), 8, seed=0)
+    with textbook(), replaced(functions or {}):
+        history = fit(model, x_train[:2048], x_test[:500], epochs=2, batch_size=128, seed=0, progress=False)
+    return np.array(history.column("test_loss"), dtype=np.float64)
+
+
+def _counted(mine):
+    """The student's functions, each counting its calls in ``calls[exercise]``."""
+    calls = dict.fromkeys(mine, 0)
+
+    def wrap(exercise, f):
+        def run(*args, **kwargs):
+            calls[exercise] += 1
+            return f(*args, **kwargs)
+        run.__name__ = getattr(f, "__name__", "function")
+        return run
+
+    return {e: wrap(e, f) for e, f in mine.items()}, calls
+
+
+def _differs(got, want):
+    return not (np.all(np.isfinite(got)) and np.allclose(got, want, rtol=CAPSTONE_RTOL, atol=0))
+
+
+def _train_on(functions, what):
+    """_capstone_run(functions); a stub's NotImplementedError passes through, any other error is reported."""
+    try:
+        return _capstone_run(functions)
+    except NotImplementedError:
+        raise
+    except Exception as exc:
+        fail(CAPSTONE_EX, f"npvae.fit on {what} raised {type(exc).__name__}: {exc}")
+
+
+def check_capstone(my_replacements, mine=None):
+    """Grade exercise 07.4: ``my_replacements(mine)`` returns npvae.replaced's {name: function} made
+    from ``mine``, the student's functions of exercises 02.1-07.2 keyed by exercise (read from
+    the notebooks in the working folder when not given, ``npvae.exercises.load``). Two epochs of
+    npvae.fit on them give npvae's test -ELBO (to CAPSTONE_RTOL); otherwise each is run alone to
+    say which one differs."""
+    if mine is None:
+        from ..exercises import load
+        mine = load(sorted(set(YOURS.values())))
+    counted, calls = _counted(mine)
+    functions = call(CAPSTONE_EX, my_replacements, counted)
+    if not isinstance(functions, dict):
+        fail(CAPSTONE_EX, f"return a dict {{name: function}} for npvae.replaced, got {type(functions).__name__}")
+    missing = [name for name in YOURS if name not in functions]
+    if missing:
+        fail(CAPSTONE_EX, f"your dict lacks {missing[0]!r} (from exercise {YOURS[missing[0]]}): training must run "
+                          f"all of {', '.join(YOURS)}")
+    reference = _train_on(None, "npvae's functions")
+    got = _train_on(functions, "your functions")
+    unused = [name for name in YOURS if calls[YOURS[name]] == 0]
+    if unused:
+        fail(CAPSTONE_EX, f"your {unused[0]} never called your function of exercise {YOURS[unused[0]]}: npvae.fit "
+                          f"must run your own code")
+    if _differs(got, reference):
+        alone = [name for name in YOURS if _differs(_train_on({name: functions[name]}, f"your {name} alone"), reference)]
+        shown = f"{got[-1]:.4f}" if np.isfinite(got[-1]) else "not finite"
+        where = (f"run alone, your {' and your '.join(alone)} "
+                 f"{'gives' if len(alone) == 1 else 'give'} the difference" if alone else
+                 "no one of your functions differs alone: they differ together")
+        hint = "; ".join(HINTS[name] for name in alone if name in HINTS)
+        fail(CAPSTONE_EX, f"the test -ELBO after 2 epochs on your functions is {shown}, npvae's is {reference[-1]:.4f} "
+                          f"(bound {CAPSTONE_RTOL:g} relative): {where}" + (f" ({hint})" if hint else
+                          f" (its exercise's grader checks the function itself; see how you wired it)"))
+    err = float(np.max(np.abs(got - reference) / np.abs(reference)))
+    passed(CAPSTONE_EX, f"npvae.fit on your 8 functions: test -ELBO {got[-1]:.4f} after 2 epochs, npvae's "
+                        f"{reference[-1]:.4f} (relative difference {err:.1e}, bound {CAPSTONE_RTOL:g})")
