@@ -41,7 +41,7 @@ import zlib
 import numpy as np
 
 from .backend import DTYPES, to_numpy
-from .checks import check_int, is_integer, memory_bytes
+from .checks import check_int, is_integer, memory_bytes, one_line, shown
 from .io import atomic_open, open_regular
 from .optim import from_state_dict
 from .random import Generator
@@ -92,7 +92,7 @@ def save(model, path, before_replace=None):
         _check_specs({name: (a.shape, a.dtype, a.nbytes) for name, a in arrays.items()}, checked)
         _check_values(arrays, checked)
     except (TypeError, ValueError) as bad:
-        raise CheckpointError(f"{path}: not written: {_short(bad)}") from None
+        raise CheckpointError(f"{path}: not written: {one_line(bad)}") from None
     with atomic_open(path, "wb", before_replace=before_replace) as f:
         np.savez(f, meta=np.array(text), **arrays)
 
@@ -109,13 +109,13 @@ def load(path):
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or _short(exc)})") from None
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or one_line(exc)})") from None
     try:
         with file:  # one open file throughout: a save that replaces the file meanwhile changes nothing here
             meta, arrays = _read(file)
         return _build(meta, arrays)
     except ValueError as bad:  # what is wrong with the file, or what a constructor refused in it
-        raise CheckpointError(f"{path}: {_short(bad)}") from None
+        raise CheckpointError(f"{path}: {one_line(bad)}") from None
 
 
 def _read(file):
@@ -149,8 +149,8 @@ def _build(meta, arrays):
     expected = [[name, a, b, list(shape)] for name, a, b, shape in model.blocks]
     for i, (got, want) in enumerate(itertools.zip_longest(meta["blocks"], expected)):
         if got != want:
-            raise _Invalid(f"blocks: do not match the layout of the config: block {i} is {_show(got)}, "
-                           f"expected {_show(want)}")
+            raise _Invalid(f"blocks: do not match the layout of the config: block {i} is {shown(got)}, "
+                           f"expected {shown(want)}")
     model.params[...] = model.backend.asarray(arrays["params"], dtype=model.dtype)
     model.rng.host.bit_generator.state = meta["model_rng"]  # checked by Generator.from_state
     if "epoch" in meta:
@@ -205,7 +205,7 @@ def _guard(read, *args):
         raise
     except Exception as exc:
         kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
-        text = _short(exc)
+        text = one_line(exc)
         raise _Invalid(f"truncated or corrupt ({kind}{': ' + text if text else ''})") from None
 
 
@@ -219,13 +219,13 @@ def _members(archive) -> dict:
     ``meta``, ``params`` and ``opt.<buffer>``."""
     members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
     if "meta" not in members or "params" not in members:
-        raise _Invalid(f"not an npvae checkpoint (expected arrays 'meta' and 'params', found {_show(sorted(members))})")
+        raise _Invalid(f"not an npvae checkpoint (expected arrays 'meta' and 'params', found {shown(sorted(members))})")
     for name, info in members.items():
         if name not in ("meta", "params") and not name.startswith("opt."):
-            raise _Invalid(f"unexpected array {_show(name)} (expected meta, params and opt.<buffer>)")
+            raise _Invalid(f"unexpected array {shown(name)} (expected meta, params and opt.<buffer>)")
         if info.compress_type != zipfile.ZIP_STORED:  # save stores; inflating could fill memory (a zip bomb)
             method = zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
-            raise _Invalid(f"{_show(info.filename)}: a compressed member ({method}); npvae writes "
+            raise _Invalid(f"{shown(info.filename)}: a compressed member ({method}); npvae writes "
                            "uncompressed checkpoints and does not inflate compressed members")
     return members
 
@@ -255,7 +255,7 @@ def _read_meta(archive, info, spec):
     except RecursionError:
         raise _Invalid("meta: not valid JSON (nested too deeply)") from None
     except ValueError as exc:
-        raise _Invalid(f"meta: not valid JSON ({_short(exc)})") from None
+        raise _Invalid(f"meta: not valid JSON ({one_line(exc)})") from None
 
 
 def _check_meta_size(nbytes):
@@ -270,11 +270,11 @@ def _check_meta(meta) -> dict:
     if not isinstance(meta, dict):
         _fail("meta", "a JSON object", meta)
     if meta.get("format") != FORMAT:
-        raise _Invalid(f"not an npvae checkpoint (format {_show(meta.get('format'))})")
+        raise _Invalid(f"not an npvae checkpoint (format {shown(meta.get('format'))})")
     version = meta.get("version")
     if not (is_integer(version) and version == VERSION):
         newer = " (written by a newer npvae?)" if is_integer(version) and version > VERSION else ""
-        raise _Invalid(f"checkpoint format version {_show(version)}; this npvae reads version {VERSION}{newer}")
+        raise _Invalid(f"checkpoint format version {shown(version)}; this npvae reads version {VERSION}{newer}")
     trained = any(key in meta for key in TRAINING_KEYS)
     _keys("meta", meta, MODEL_KEYS + (TRAINING_KEYS if trained else ()))
 
@@ -353,23 +353,12 @@ def _keys(where, obj, required) -> dict:
         _fail(where, "a JSON object", obj)
     missing, extra = [k for k in required if k not in obj], [k for k in obj if k not in required]
     if missing or extra:
-        raise _Invalid(f"{where}: missing key {missing[0]!r}" if missing else f"{where}: unexpected key {_show(extra[0])}")
+        raise _Invalid(f"{where}: missing key {missing[0]!r}" if missing else f"{where}: unexpected key {shown(extra[0])}")
     return obj
 
 
 def _fail(where, expected, got):
-    raise _Invalid(f"{where}: expected {expected}, got {_show(got)}")
-
-
-def _show(value, limit=60) -> str:
-    """A short one-line repr of a value from a (perhaps hostile) file."""
-    return _short(repr(value), limit)
-
-
-def _short(text, limit=300) -> str:
-    """``text`` on one line, cut to about ``limit`` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    raise _Invalid(f"{where}: expected {expected}, got {shown(got)}")
 
 
 def _json_default(value):

@@ -69,3 +69,14 @@ def check_fits_in_memory(name, value, nbytes, detail=""):
     if total and nbytes > total:
         raise ValueError(f"{name}: {value!r} needs {nbytes / 2**30:.1f} GiB{detail}, more than this machine's "
                          f"{total / 2**30:.1f} GiB of memory")
+
+
+def one_line(text, limit=300) -> str:
+    """``text`` on one line, cut to about ``limit`` characters (for an error message)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value, limit=60) -> str:
+    """A short one-line repr of a value, perhaps read from a hostile file, for an error message."""
+    return one_line(repr(value), limit)

@@ -448,14 +448,13 @@ def cmd_train(args) -> int:
         for name, draw in figures.items():
             draw(os.path.join(out, name))
             written.append(name)
-    except KeyboardInterrupt as exc:
-        print(f"{_interrupted('npvae train', exc)} while drawing the figures; training is complete and saved in "
-              f"{ckpt} (npvae sample and npvae evaluate work on it)", file=sys.stderr)
-        return _interrupted_status(exc)
-    except OSError as exc:
-        print(f"npvae train: could not write {exc.filename}: {exc.strerror or exc}; training is complete and saved "
-              f"in {ckpt} (npvae sample and npvae evaluate work on it)", file=sys.stderr)
-        return 1
+    except (KeyboardInterrupt, OSError) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        what = (f"{_interrupted('npvae train', exc)} while drawing the figures" if interrupted else
+                f"npvae train: could not write {exc.filename}: {exc.strerror or exc}")
+        print(f"{what}; training is complete and saved in {ckpt} (npvae sample and npvae evaluate work on it)",
+              file=sys.stderr)
+        return _interrupted_status(exc) if interrupted else 1
     last = history[-1]
     print(f"done in {time.perf_counter() - started:.0f} s: test -ELBO {last['test_loss']:.2f} nats after "
           f"{last['epoch']} epoch{'' if last['epoch'] == 1 else 's'}")
@@ -467,10 +466,12 @@ def cmd_train(args) -> int:
 def _check_train_memory(settings, x_train, x_test):
     """Refuse, naming the flag that drives the size, a model whose parameters and activations
     do not fit in this machine's memory: a training step on a batch, or the test set's
-    evaluation after each epoch (metrics.evaluate's forward pass, 1000 rows at once)."""
+    evaluation after each epoch (metrics.evaluate's forward pass, EVALUATE_ROWS rows at once)."""
+    from .metrics import EVALUATE_ROWS
+
     sizes = (x_train.shape[1], settings["hidden"], settings["latent_dim"], settings["posterior"])
     step = vae.memory_estimate(*sizes, rows=min(settings["batch_size"], x_train.shape[0]))
-    test = vae.memory_estimate(*sizes, rows=min(1000, x_test.shape[0]), work="evaluate")
+    test = vae.memory_estimate(*sizes, rows=min(EVALUATE_ROWS, x_test.shape[0]), work="evaluate")
     names = {"hidden_dims": ("--hidden", settings["hidden"]), "latent_dim": ("--latent-dim", settings["latent_dim"])}
     if step.total >= test.total:
         names["rows"] = ("--batch-size", settings["batch_size"])

@@ -31,10 +31,11 @@ from .backend import get_backend, to_numpy
 from .checks import check_int
 from .random import EVALUATION_STREAMS, Generator, streams
 
+EVALUATE_ROWS = 1000  # rows of x evaluated at once by evaluate (fit's test -ELBO): memory ~ their activations
 MAX_ROWS = 8192  # rows decoded at once by log_marginal_likelihood: memory ~ MAX_ROWS * (D + H) floats
 
 
-def evaluate(model, x, batch_size=1000, seed=0, float64_retry=True) -> dict:
+def evaluate(model, x, batch_size=EVALUATE_ROWS, seed=0, float64_retry=True) -> dict:
     """-ELBO of ``model`` on ``x`` (N, D) with one eps per example drawn from ``seed``.
 
     Returns {"loss", "reconstruction", "kl"}: means over x, in nats per example;

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .backend import DEFAULT_DTYPE, Backend, get_backend
+from .checks import shown
 
 MODEL_STREAMS = ("init", "noise")
 TRAINING_STREAMS = ("data", "eps", "static", "test")
@@ -66,9 +67,7 @@ class Generator:
         except (TypeError, ValueError, KeyError, OverflowError):
             ok = False
         if not ok:
-            shown = " ".join(repr(state).split())
-            raise ValueError(f"{name}: expected the state of a NumPy PCG64 generator, got "
-                             f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
+            raise ValueError(f"{name}: expected the state of a NumPy PCG64 generator, got {shown(state)}")
         return rng
 
     def standard_normal(self, shape, dtype=None):

@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from .backend import copy, get_backend
-from .checks import check_int, check_real, is_integer
+from .checks import check_int, check_real, is_integer, shown
 from .random import TRAINING_STREAMS, Generator, streams
 from .io import atomic_open
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
@@ -85,19 +85,19 @@ class History(list):
         ``name``, the row and the column: one row per epoch, numbered from 1, each with
         exactly ``HISTORY_COLUMNS``, every other value a finite number or None."""
         if not isinstance(rows, list):
-            raise ValueError(f"{name}: expected a list of {epochs} rows, got {_shown(rows)}")
+            raise ValueError(f"{name}: expected a list of {epochs} rows, got {shown(rows)}")
         if len(rows) != epochs:
             raise ValueError(f"{name}: expected {epochs} rows (one per epoch), got {len(rows)}")
         for i, row in enumerate(rows):
             where = f"{name}[{i}]"
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {_shown(row)}")
+                raise ValueError(f"{where}: expected a JSON object, got {shown(row)}")
             missing, extra = [k for k in HISTORY_COLUMNS if k not in row], [k for k in row if k not in HISTORY_COLUMNS]
             if missing or extra:
                 raise ValueError(f"{where}: missing key {missing[0]!r}" if missing else
-                                 f"{where}: unexpected key {_shown(extra[0])}")
+                                 f"{where}: unexpected key {shown(extra[0])}")
             if not (is_integer(row["epoch"]) and row["epoch"] == i + 1):
-                raise ValueError(f"{where}.epoch: expected {i + 1}, got {_shown(row['epoch'])}")
+                raise ValueError(f"{where}.epoch: expected {i + 1}, got {shown(row['epoch'])}")
             for key in HISTORY_COLUMNS[1:]:
                 if row[key] is not None:
                     check_real(f"{where}.{key}", row[key])
@@ -113,12 +113,6 @@ class History(list):
                 row = {k: (None if v == "" else (int(v) if k == "epoch" else float(v))) for k, v in zip(header, cells)}
                 rows.append(row)
         return cls(rows)
-
-
-def _shown(value) -> str:
-    """A short one-line repr of a value read from a file."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -149,18 +143,18 @@ def train_epoch(model, optimizer, x, data_rng, noise_rng, batch_size, beta=1.0, 
     Returns the epoch's means per example of reconstruction, kl, beta, loss and neg_elbo (see
     ``History``). Raises ``TrainingError``, before that step's update, when a loss term or the
     gradient is not finite."""
-    n = int(x.shape[0])
+    be, n = get_backend(), int(x.shape[0])
     order, steps = data_rng.permutation(n), math.ceil(n / batch_size)
     sums = {"reconstruction": [], "kl": [], "beta": [], "loss": [], "neg_elbo": []}  # B * each, per step
     for t in range(steps):
-        xb = get_backend().take_rows(x, order[t * batch_size : min((t + 1) * batch_size, n)])  # (B, D)
+        xb = be.take_rows(x, order[t * batch_size : min((t + 1) * batch_size, n)])  # (B, D)
         if binarize == "dynamic":
             xb = _bernoulli_draw(xb, data_rng)
         beta_t = beta(t) if callable(beta) else beta
         eps = noise_rng.standard_normal((int(xb.shape[0]), model.latent_dim), dtype=model.dtype)
         fwd = model.forward(xb, eps)  # mu, logvar, z, log P(x|z), KL
         grads = model.backward(fwd, beta_t)  # d(-ELBO)/d params
-        rec, kl = _finite_terms(model.xp, fwd, grads, f"step {t + 1} of {steps}")
+        rec, kl = _finite_terms(model.xp, fwd, grads, t, steps)
         optimizer.step(grads)  # params <- params - lr * (...)
         for key, value in zip(sums, (rec, kl, beta_t, rec + beta_t * kl, rec + kl)):
             sums[key].append(int(xb.shape[0]) * value)
@@ -238,13 +232,13 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
     return state.history
 
 
-def _finite_terms(xp, fwd, grads, where) -> tuple[float, float]:
-    """A step's mean reconstruction and KL terms, or a TrainingError naming those (and the
+def _finite_terms(xp, fwd, grads, t, steps) -> tuple[float, float]:
+    """Step t's mean reconstruction and KL terms, or a TrainingError naming those (and the
     gradient) that are not finite."""
     rec, kl, grad_sq = -float(xp.mean(fwd.log_p)), float(xp.mean(fwd.kl)), float(grads @ grads)
     bad = [name for name, v in (("reconstruction", rec), ("KL", kl), ("gradient", grad_sq)) if not math.isfinite(v)]
     if bad:
-        raise TrainingError(f"{where}: the {' and the '.join(bad)} went non-finite (reconstruction {rec}, KL {kl}, "
+        raise TrainingError(f"step {t + 1} of {steps}: the {' and the '.join(bad)} went non-finite (reconstruction {rec}, KL {kl}, "
                             f"squared gradient norm {grad_sq})")
     return rec, kl
 

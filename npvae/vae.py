@@ -35,7 +35,7 @@ import numpy as np
 
 from . import distributions as dist
 from . import layers
-from .backend import DTYPES, array_namespace, get_backend, to_numpy
+from .backend import DTYPES, array_namespace, get_backend, library_of, to_numpy
 from .checks import check_fits_in_memory, check_int, check_real, check_seed, is_integer
 from .layers import MLP, Dense, FlatParameters
 from .random import MODEL_STREAMS, Generator, streams
@@ -283,11 +283,10 @@ class GaussianHead:
 def _check_real_dtype(name, a, given):
     """A ValueError naming ``name`` unless the array ``a`` (made from ``given``) holds real
     numbers: floats, integers or bools, not complex, object, strings, datetimes."""
-    xp = array_namespace(a)
-    if xp is np or type(a).__module__.startswith("cupy"):  # NumPy dtypes
+    if library_of(a) in ("numpy", "cupy"):  # NumPy dtypes
         real = np.dtype(a.dtype).kind in "biuf"
     else:  # the array API's dtypes
-        real = xp.isdtype(a.dtype, ("bool", "integral", "real floating"))
+        real = array_namespace(a).isdtype(a.dtype, ("bool", "integral", "real floating"))
     if not real:
         source = "" if given is a else f" (from a {type(given).__name__})"
         raise ValueError(f"{name}: expected real numbers (a float, integer or bool array), got dtype {a.dtype}{source}")
