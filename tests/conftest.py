@@ -8,6 +8,7 @@ import importlib
 import math
 import os
 import re
+import signal
 from pathlib import Path
 
 import hypothesis.extra.numpy as hnp
@@ -23,6 +24,11 @@ settings.register_profile(
     "npvae", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("npvae")
+
+# A test run started as a background job inherits Ctrl-C ignored, and so would every npvae it
+# starts; the tests of Ctrl-C need Python's own handler, as a terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 EXPECTED_BACKEND = (os.environ.get("NPVAE_BACKEND") or "numpy").strip().lower()
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
