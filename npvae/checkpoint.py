@@ -289,6 +289,8 @@ def _check_meta(meta) -> dict:
 
     History.checked(meta["history"], check_int("epoch", meta["epoch"], minimum=0))
     check_int("step", meta["step"], minimum=0)
+    if isinstance(meta["settings"], dict) and "k" not in meta["settings"]:  # saved before k: the ELBO
+        meta["settings"]["k"] = 1
     _within("settings", check_settings, _keys("settings", meta["settings"], tuple(DEFAULTS)))
     if meta["optimizer"] is not None and not isinstance(meta["optimizer"], dict):
         _fail("optimizer", "a JSON object or null", meta["optimizer"])

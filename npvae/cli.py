@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=_nonnegative_float, default=None, help=f"KL weight (default {FIT['beta']:g})")
     t.add_argument("--kl-warmup-epochs", "--kl-warmup", type=_nonnegative_int, default=None, metavar="EPOCHS",
                    help=f"epochs over which the KL weight rises from 0 to beta (default {FIT['kl_warmup_epochs']})")
+    t.add_argument("--iwae", dest="k", type=_positive_int, default=None, metavar="K",
+                   help="train on the importance-weighted bound L_K with K draws an example (Burda et al. "
+                        f"2016; default {FIT['k']}: the ELBO)")
     t.add_argument("--binarize", choices=train.BINARIZE, default=None, help=f"default {FIT['binarize']}")
     t.add_argument("--seed", type=_nonnegative_int, default=None, help=f"default {FIT['seed']}")
     t.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
@@ -247,7 +250,7 @@ LOCK_FILE = ".npvae-train.lock"
 
 
 def _flag(key):
-    return "--" + key.replace("_", "-")
+    return "--iwae" if key == "k" else "--" + key.replace("_", "-")
 
 
 @contextlib.contextmanager
@@ -406,7 +409,9 @@ def cmd_train(args) -> int:
             written[:] = ["checkpoint.npz", "history.csv", "run.json"]
         saved["saving"] = None
         # the objective minimized differs from -ELBO when the KL weight is not 1 (beta, warm-up)
-        objective = f"  objective (beta-weighted) {row['loss']:8.2f}" if row["beta"] != 1 else ""
+        # or with --iwae K (-L_K)
+        kind = f"-L_{settings['k']}" if settings["k"] > 1 else "(beta-weighted)"
+        objective = f"  objective {kind} {row['loss']:8.2f}" if row["beta"] != 1 or settings["k"] > 1 else ""
         print(f"epoch {row['epoch']:>3}/{settings['epochs']}  -ELBO {row['neg_elbo']:8.2f} "
               f"(reconstruction {row['reconstruction']:8.2f} + KL {row['kl']:6.2f}){objective}  "
               f"test {row['test_loss']:8.2f}  {row['seconds']:5.1f} s", flush=True)

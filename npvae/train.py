@@ -20,6 +20,8 @@ Options the literature uses:
 - ``binarize``: ``"none"`` trains on grey levels; ``"static"`` on one fixed Bernoulli draw of
   every image; ``"dynamic"`` on a fresh draw of every image each epoch (Burda et al. 2016).
   With ``static`` and ``dynamic``, the test set is one fixed draw.
+- ``k``: train on the importance-weighted bound L_k (Burda et al. 2016) with eps (B, k, Z),
+  k draws an example (``VAE.forward_samples``); 1, the default, is the ELBO.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class History(list):
       of each step: beta, or less during warm-up); the -ELBO when that weight is 1.
     - ``neg_elbo``: the -ELBO itself, reconstruction + KL, whatever beta.
     - ``reconstruction``, ``kl``: its two terms; ``beta``: the mean KL weight.
+    - With ``k`` > 1 draws an example, ``loss`` is -L_k, the importance-weighted bound, and
+      ``reconstruction`` and ``kl`` are means over the draws (kl: of log Q(z|x) - log P(z)).
     - ``lr``: the optimizer's step size in this epoch.
     - ``test_loss``: the -ELBO on x_test after the epoch (None without x_test).
     - ``seconds``: the epoch's wall-clock time.
@@ -131,15 +135,17 @@ class TrainState:
 # fit's settings and their defaults; a checkpoint stores them, so a resumed run (and
 # ``npvae evaluate``) needs nothing but the checkpoint. ``dataset`` is only a name.
 DEFAULTS = {"batch_size": 128, "optimizer": "adam", "lr": 1e-3, "beta": 1.0, "kl_warmup_epochs": 0,
-            "binarize": "none", "seed": 0, "dataset": None}
+            "binarize": "none", "seed": 0, "dataset": None, "k": 1}
 
 
-def train_epoch(model, optimizer, x, data_rng, noise_rng, batch_size, beta=1.0, binarize="none", bar=None) -> dict:
+def train_epoch(model, optimizer, x, data_rng, noise_rng, batch_size, beta=1.0, binarize="none", bar=None,
+                k=1) -> dict:
     """One epoch: every row of ``x`` (N, D; ``model.check_x(x)``) once, in an order drawn from
     ``data_rng``, one optimizer step per minibatch of ``batch_size`` rows (the module
     docstring's step), eps from ``noise_rng``. ``beta``: the KL weight, or a function t -> the
     weight of the epoch's t-th step (t = 0, 1, ...; KL warm-up). ``binarize="dynamic"`` draws
-    each minibatch's binary images afresh from ``data_rng``; ``bar``: a tqdm bar to advance.
+    each minibatch's binary images afresh from ``data_rng``; ``bar``: a tqdm bar to advance;
+    ``k`` > 1: eps (B, k, Z), and the loss is -L_k.
     Returns the epoch's means per example of reconstruction, kl, beta, loss and neg_elbo (see
     ``History``). Raises ``TrainingError``, before that step's update, when a loss term or the
     gradient is not finite."""
@@ -151,12 +157,14 @@ def train_epoch(model, optimizer, x, data_rng, noise_rng, batch_size, beta=1.0, 
         if binarize == "dynamic":
             xb = _bernoulli_draw(xb, data_rng)
         beta_t = beta(t) if callable(beta) else beta
-        eps = noise_rng.standard_normal((int(xb.shape[0]), model.latent_dim), dtype=model.dtype)
+        eps = noise_rng.standard_normal((int(xb.shape[0]), *([k] if k > 1 else []), model.latent_dim),
+                                        dtype=model.dtype)
         fwd = model.forward(xb, eps)  # mu, logvar, z, log P(x|z), KL
         grads = model.backward(fwd, beta_t)  # d(-ELBO)/d params
         rec, kl = _finite_terms(model.xp, fwd, grads, t, steps)
+        loss = rec + beta_t * kl if k == 1 else float(model.xp.mean(fwd.objective(beta_t)))  # -L_k
         optimizer.step(grads)  # params <- params - lr * (...)
-        for key, value in zip(sums, (rec, kl, beta_t, rec + beta_t * kl, rec + kl)):
+        for key, value in zip(sums, (rec, kl, beta_t, loss, rec + kl)):
             sums[key].append(int(xb.shape[0]) * value)
         if bar is not None:
             bar.update(1)
@@ -167,7 +175,7 @@ def train_epoch(model, optimizer, x, data_rng, noise_rng, batch_size, beta=1.0, 
 
 def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None, lr=None,
         beta=None, kl_warmup_epochs=None, binarize=None, seed=None, progress=True, callbacks=(),
-        resume=False, dataset=None) -> History:
+        resume=False, dataset=None, k=None) -> History:
     """Train ``model`` on ``x_train`` (N, D) by minibatch gradient descent on -ELBO.
 
     Training runs npvae.fast's replacements (the same results, faster) unless NPVAE_FAST=0 or
@@ -194,6 +202,8 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
             left out (None) are the saved ones; a new ``lr`` applies from the next step and is
             recorded; any other setting that differs from the saved one is refused.
         dataset: the data's name, recorded in the checkpoint (``npvae evaluate`` reads it).
+        k: draws an example: minimize -L_k, the importance-weighted bound (Burda et al. 2016),
+            with eps (B, k, Z) (default 1: the -ELBO).
     Returns:
         the ``History`` (also in ``model.train_state.history``).
     Raises:
@@ -204,7 +214,7 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
             (parameters, optimizer, random streams, history); ``error.epoch`` is that epoch.
     """
     given = {"batch_size": batch_size, "optimizer": optimizer, "lr": lr, "beta": beta,
-             "kl_warmup_epochs": kl_warmup_epochs, "binarize": binarize, "seed": seed, "dataset": dataset}
+             "kl_warmup_epochs": kl_warmup_epochs, "binarize": binarize, "seed": seed, "dataset": dataset, "k": k}
     epochs, settings, x_train, x_test = _check_arguments(model, x_train, x_test, epochs, callbacks, given, resume)
     # Everything is checked: from here on the model changes.
     state, x_train, x_test = _start(model, settings, optimizer, resume, x_train, x_test)
@@ -217,7 +227,7 @@ def fit(model, x_train, x_test=None, epochs=10, batch_size=None, optimizer=None,
         try:
             with _progress_bar(progress, steps, f"epoch {epoch}/{epochs}") as bar:
                 row = train_epoch(model, state.optimizer, x_train, state.data_rng, state.noise_rng, batch_size,
-                                  lambda t: kl_weight(state.step + t), settings["binarize"], bar)
+                                  lambda t: kl_weight(state.step + t), settings["binarize"], bar, settings["k"])
         except TrainingError as exc:
             raise last_good.restore(f"epoch {epoch}, {exc}") from None
         state.step += steps
@@ -359,7 +369,7 @@ def check_settings(settings) -> dict:
             "lr": check_real("lr", settings["lr"], strictly_above=0),
             "beta": check_real("beta", settings["beta"], minimum=0),
             "kl_warmup_epochs": check_int("kl_warmup_epochs", settings["kl_warmup_epochs"], minimum=0),
-            "seed": check_int("seed", settings["seed"], minimum=0)}
+            "seed": check_int("seed", settings["seed"], minimum=0), "k": check_int("k", settings["k"])}
 
 
 def _given_optimizer(model, given, resume) -> dict:

@@ -21,6 +21,13 @@ For a batch x (N, D) and noise eps (N, Z) the loss is the mean over the batch of
 ``forward`` runs that, and ``backward``, right below it, the same steps in reverse with the
 same eps; ``loss_and_grads`` is the two together.
 
+With K noise draws a row, eps (N, K, Z), the loss is instead the importance-weighted bound of
+Burda et al. (2016), tighter than the ELBO and rising to log p(x) as K grows:
+
+    loss = -mean_n[ L_K(x_n) ],   L_K = log (1/K) sum_i w_i,   w_i = P(x, z_i) / Q(z_i|x)
+
+with its gradient by hand too (``forward_samples``, ``backward_samples``).
+
 All parameters live in one flat vector ``model.params`` (theta first, then phi) and the
 gradient in ``model.grads``; ``model.theta`` and ``model.phi`` are views of its two halves.
 """
@@ -28,6 +35,7 @@ gradient in ``model.grads``; ``model.theta`` and ``model.phi`` are views of its 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -103,6 +111,34 @@ class Forward:
     encoder_cache: list
     head_cache: list
     decoder_cache: list
+
+    def objective(self, beta=1.0):
+        """The loss of each row, (N,), before the mean over the batch: -log P(x|z) + beta KL (the
+        -ELBO) for eps (N, Z); -L_K = -log (1/K) sum_i w_i, log w_i = log_p_i - beta kl_i, for
+        eps (N, K, Z) (``forward_samples``)."""
+        if self.eps.ndim == 2:
+            return -self.log_p + beta * self.kl
+        return -log_mean_exp(self.log_p - beta * self.kl)
+
+
+def log_mean_exp(a):
+    """log (1/K) sum_i exp(a_i) over the last axis, (N, K) -> (N,), with the largest a_i factored
+    out so that no exp overflows: m + log mean_i exp(a_i - m)."""
+    xp = array_namespace(a)
+    m = xp.max(a, axis=-1, keepdims=True)
+    return m[..., 0] + xp.log(xp.mean(xp.exp(a - m), axis=-1))
+
+
+def repeat_rows(a, k):
+    """Each row of a (N, ...) k times in a row: (N * k, ...), rows n*k .. n*k + k-1 are a[n]."""
+    xp = array_namespace(a)
+    n, rest = a.shape[0], tuple(a.shape[1:])
+    return xp.reshape(xp.broadcast_to(xp.expand_dims(a, axis=1), (n, k, *rest)), (n * k, *rest))
+
+
+# log det L = sum_j log L_jj, from the field of Q that holds log diag(L): logvar / 2 for the
+# diagonal posterior, log_diag itself for the full one (no other field enters it).
+LOG_DET_FIELDS = {"logvar": 0.5, "log_diag": 1.0}
 
 
 class DiagonalGaussian(NamedTuple):
@@ -578,7 +614,7 @@ class VAE:
         return self._by_rows(lambda xb: (self.mean(self.decode(self._encode(xb)[0].mu)),), self.check_x(x))[0]
 
     # -- the forward pass, and right below it the backward pass ------------------------------
-    def forward(self, x, eps) -> Forward:
+    def forward(self, x, eps, k=None) -> Forward:
         """One pass of the model for a batch x (N, D) and noise eps (N, Z):
 
             q = encoder(x)                           Q_theta(z|x): mu, and Sigma's parameters
@@ -591,11 +627,14 @@ class VAE:
         z = mu + L eps (``distributions``' full covariance section). Returns a ``Forward`` with
         all of these and the layers' caches, which ``backward`` needs. Only shapes are checked
         (``loss_and_grads`` also checks the values of x).
+
+        eps (N, K, Z), K draws a row, runs ``forward_samples`` instead (the importance-weighted
+        bound); ``k``, if given, must be that K; eps (N, 1, Z) is eps (N, Z).
         """
         x = self._check_array("x", x, self.input_dim)
-        eps = self._check_array("eps", eps, self.latent_dim)
-        if eps.shape[0] != x.shape[0]:
-            raise ValueError(f"eps: expected shape {(x.shape[0], self.latent_dim)}, got {tuple(eps.shape)}")
+        eps = self._check_eps(eps, x.shape[0], k)
+        if eps.ndim == 3:
+            return self.forward_samples(x, eps)
         q, encoder_cache, head_cache = self._encode(x)
         z = q.rsample(eps)  # (N, Z)
         kl = q.kl()  # (N,)
@@ -608,6 +647,8 @@ class VAE:
         to every parameter, for the batch of ``fwd = forward(x, eps)``: the same steps in
         reverse, with the same eps. Writes it into ``model.grads`` (P,) and returns that."""
         beta = check_real("beta", beta, minimum=0)
+        if fwd.eps.ndim == 3:
+            return self.backward_samples(fwd, beta)
         n = fwd.x.shape[0]
         # Each row enters the mean with weight 1/N, and the loss is -log P: d loss / d log P_n = -1/N.
         if self.likelihood == "bernoulli":
@@ -621,10 +662,72 @@ class VAE:
         self.encoder.backward(dh, fwd.encoder_cache, need_dx=False)  # fills d theta; x needs no gradient
         return self.grads
 
+    # -- the importance-weighted bound: K draws a row ------------------------------------------
+    def forward_samples(self, x, eps) -> Forward:
+        """The forward pass of the bound L_K for x (N, D) and K draws a row, eps (N, K, Z):
+
+            h = trunk(x)                               (N, H)     once a row
+            q = head(h, each row K times)              Q_theta(z|x_n) for each of the N*K draws
+            z = q.rsample(eps)                         (N*K, Z)   z_ni from eps[n, i]
+            out = decoder(z)                           (N*K, D)   the decoder works on N*K rows
+            log_p = log P_phi(x_n|z_ni)                (N, K)
+            kl = log Q_theta(z_ni|x_n) - log P(z_ni)   (N, K)     the KL's one-draw estimate
+
+        so log w_ni = log P(x_n, z_ni) - log Q(z_ni|x_n) = log_p - kl, and L_K = log (1/K) sum_i
+        w_ni with log-sum-exp (``Forward.objective``). log Q comes from eps: at z = mu + L eps,
+        log Q(z|x) = log N(eps; 0, I) - log det L (``log_prob_at_sample``). ``z``: (N, K, Z).
+        """
+        xp, (n, k, zdim) = self.xp, tuple(eps.shape)
+        h, encoder_cache = self.encoder.forward(x)  # (N, H)
+        q, head_cache = self.head.forward(repeat_rows(h, k))  # row n*K + i: Q(z|x_n)
+        eps_rows = xp.reshape(eps, (n * k, zdim))
+        z = q.rsample(eps_rows)  # (N*K, Z)
+        out, decoder_cache = self.decoder.forward(z)  # (N*K, D)
+        log_p = xp.reshape(self.log_p_x_given_z(repeat_rows(x, k), out), (n, k))
+        log_prior = dist.gaussian_log_density_at_sample(z, 0.0)  # log N(z; 0, I): mu = 0, logvar = 0
+        kl = xp.reshape(q.log_prob_at_sample(eps_rows) - log_prior, (n, k))
+        return Forward(x, eps, q, xp.reshape(z, (n, k, zdim)), out, log_p, kl, encoder_cache, head_cache,
+                       decoder_cache)
+
+    def backward_samples(self, fwd: Forward, beta=1.0):
+        """The gradient of loss = -mean_n L_K(x_n) for ``fwd = forward_samples(x, eps)``.
+
+        d L_K / d log w_i = w_i / sum_j w_j = a_i, the normalized weights (the softmax of log w
+        over the K draws): the gradient is each draw's gradient of log w_i, weighted by a_i,
+
+            d loss / d log w_ni = -a_ni / N                                           (N, K)
+            log w = log P(x|z) + beta (log P(z) - log Q(z|x)), through z = z(eps) as ``backward``:
+              log P(x|z):  the decoder's backward, on N*K rows
+              log P(z) = -||z||^2 / 2 + const:                     d / dz = -z
+              log Q(z(eps)|x) = log N(eps; 0, I) - log det L:      reaches theta only through
+                log det L = sum_j log L_jj   (d / dlogvar_j = 1/2, diagonal; d / dlog_diag_j = 1, full)
+
+        and each row's K draws add up in dh. beta = 1 is the bound (another beta weighs
+        log Q - log P(z), as ``backward`` weighs the KL). Writes ``model.grads`` and returns it.
+        """
+        xp, (n, k, zdim) = self.xp, tuple(fwd.eps.shape)
+        log_w = fwd.log_p - beta * fwd.kl  # (N, K)
+        a = xp.exp(log_w - xp.reshape(log_mean_exp(log_w), (n, 1)) - math.log(k))  # w_i / sum_j w_j
+        dlog_w = xp.reshape(-a / n, (n * k,))  # d loss / d log w, a draw a row
+        if self.likelihood == "bernoulli":
+            dout = dist.bernoulli_log_likelihood_backward(dlog_w, repeat_rows(fwd.x, k), fwd.out)  # (N*K, D)
+        else:
+            dout = dist.gaussian_log_likelihood_backward(dlog_w, repeat_rows(fwd.x, k), fwd.out)
+        z = xp.reshape(fwd.z, (n * k, zdim))
+        dz = self.decoder.backward(dout, fwd.decoder_cache) - beta * dist.per_row(dlog_w) * z  # + via log P(z)
+        dq = fwd.q.rsample_backward(dz, xp.reshape(fwd.eps, (n * k, zdim)))
+        dlog_det = beta * dist.per_row(dlog_w)  # via -beta log Q = beta log det L + const
+        dq = [d + LOG_DET_FIELDS[name] * dlog_det if name in LOG_DET_FIELDS else d
+              for name, d in zip(fwd.q._fields, dq)]
+        dh = self.head.backward(dq, fwd.head_cache)  # (N*K, H)
+        dh = xp.sum(xp.reshape(dh, (n, k, dh.shape[-1])), axis=1)  # (N, H): each row's K draws add up
+        self.encoder.backward(dh, fwd.encoder_cache, need_dx=False)
+        return self.grads
+
     # -- the loss and its gradient, for a user ---------------------------------------------------
-    def loss_and_grads(self, x, eps=None, beta=1.0):
-        """Mean over the batch of -ELBO and its gradient with respect to all parameters:
-        ``forward`` then ``backward``.
+    def loss_and_grads(self, x, eps=None, beta=1.0, k=None):
+        """Mean over the batch of -ELBO (or of -L_K) and its gradient with respect to all
+        parameters: ``forward`` then ``backward``.
 
         Args:
             x: (N, D) data (for bernoulli, in [0, 1]), N >= 1.
@@ -633,25 +736,35 @@ class VAE:
                 it is returned as ``res.eps``.
             beta: weight of the KL term, a finite number >= 0 (1 is the ELBO; beta-VAEs and KL
                 warm-up change it).
+            k: draws a row, K: eps (N, K, Z) and the loss is -L_K, the importance-weighted
+                bound (``forward_samples``); None: eps's K (1 for eps (N, Z), and when eps is None).
+                k = 1 is exactly the -ELBO above, with the closed-form KL: the same eps gives
+                the same numbers. (L_1 = log w_1 = log P(x|z) - (log Q(z|x) - log P(z)) has the
+                ELBO as its expectation, since E_Q[log Q(z|x) - log P(z)] is the KL; the
+                closed form is that expectation taken exactly.)
         Returns:
             ``LossAndGrads``: loss = reconstruction + beta * kl, grads (P,) = ``model.grads``.
+            For K > 1, loss = -mean L_K, and reconstruction and kl are means over the N*K
+            draws of -log P(x|z) and of log Q(z|x) - log P(z); z and eps are (N, K, Z).
         """
         beta = check_real("beta", beta, minimum=0)  # before eps is drawn: a refusal changes nothing
+        k = None if k is None else check_int("k", k)
         x = self._check_batch(x)
         if eps is None:
-            eps = self.rng.standard_normal((int(x.shape[0]), self.latent_dim), dtype=self.dtype)
-        fwd = self.forward(x, eps)
+            eps = self.rng.standard_normal((int(x.shape[0]), *([k] if k else []), self.latent_dim), dtype=self.dtype)
+        fwd = self.forward(x, eps, k)
         grads = self.backward(fwd, beta)
         reconstruction, kl = -self.xp.mean(fwd.log_p), self.xp.mean(fwd.kl)
-        return LossAndGrads(reconstruction + beta * kl, reconstruction, kl, grads, fwd.z, fwd.eps)
+        loss = reconstruction + beta * kl if fwd.eps.ndim == 2 else self.xp.mean(fwd.objective(beta))
+        return LossAndGrads(loss, reconstruction, kl, grads, fwd.z, fwd.eps)
 
-    def loss(self, x, eps, beta=1.0) -> float:
-        """The loss alone (mean over the batch of -ELBO, beta-weighted): ``forward`` without
-        ``backward``. eps (N, Z) is required: a finite difference needs the same noise on
-        both sides (``npvae.gradcheck`` differentiates this)."""
+    def loss(self, x, eps, beta=1.0, k=None) -> float:
+        """The loss alone (mean over the batch of -ELBO, beta-weighted, or of -L_K for eps
+        (N, K, Z)): ``forward`` without ``backward``. eps is required: a finite difference
+        needs the same noise on both sides (``npvae.gradcheck`` differentiates this)."""
         beta = check_real("beta", beta, minimum=0)
-        fwd = self.forward(self._check_batch(x), eps)
-        return float(self.xp.mean(-fwd.log_p + beta * fwd.kl))
+        fwd = self.forward(self._check_batch(x), eps, k)
+        return float(self.xp.mean(fwd.objective(beta)))
 
     # -- input checks ------------------------------------------------------------------------
     def _check_backend(self):
@@ -688,7 +801,17 @@ class VAE:
             raise ValueError("x: expected at least one row (the loss is a mean over the batch), got 0")
         return x
 
-    def _check_array(self, name, a, width):
+    def _check_eps(self, eps, n, k):
+        """eps for n rows: (N, Z), one draw a row, or (N, K, Z), K draws (k, if given, is K;
+        else eps's own); (N, 1, Z) comes back as (N, Z). A ValueError that says the shape."""
+        three = getattr(eps, "ndim", 2) == 3
+        k = check_int("k", int(eps.shape[1]) if k is None and three else 1 if k is None else k)
+        eps = self._check_array("eps", eps, self.latent_dim, samples=k if three or k > 1 else None)
+        if eps.shape[0] != n:
+            raise ValueError(f"eps: expected shape {(n, *eps.shape[1:])}, got {tuple(eps.shape)}")
+        return self.xp.reshape(eps, (n, self.latent_dim)) if k == 1 else eps
+
+    def _check_array(self, name, a, width, samples=None):
         be = self._check_backend()
         if isinstance(a, np.ma.MaskedArray):
             raise ValueError(f"{name}: expected a plain array, got a numpy.ma.MaskedArray (its masked entries "
@@ -703,7 +826,8 @@ class VAE:
             a = be.asarray(host)
         else:
             _check_real_dtype(name, a, a)
-        if a.ndim != 2 or a.shape[1] != width:
-            raise ValueError(f"{name}: expected shape (N, {width}), got {tuple(a.shape)}")
+        trailing = (width,) if samples is None else (samples, width)  # (N, width) or (N, samples, width)
+        if tuple(a.shape[1:]) != trailing or a.ndim == 1:
+            raise ValueError(f"{name}: expected shape (N, {', '.join(map(str, trailing))}), got {tuple(a.shape)}")
         return be.astype(a, self.dtype)
 

@@ -491,7 +491,7 @@ def test_a_checkpoint_carries_its_run(tmp_path):
     npvae.save(model, tmp_path / "run.npz")
     settings = npvae.load(tmp_path / "run.npz").train_state.settings
     assert settings == {"batch_size": 20, "optimizer": "sgd", "lr": 0.05, "beta": 1.0, "kl_warmup_epochs": 0,
-                        "binarize": "dynamic", "seed": 7, "dataset": "mnist-subset"}
+                        "binarize": "dynamic", "seed": 7, "dataset": "mnist-subset", "k": 1}
     assert settings == model.train_state.settings
 
 
