@@ -17,7 +17,8 @@ and its pieces are here:
   ``gaussian_log_density_at_sample`` for a z made from a known eps), for the importance
   sampled log-likelihood;
 - the lecture's full-covariance posterior N(mu, Sigma), Sigma = L L^T, by its Cholesky factor L
-  (``scale_tril``, ``reparameterize_full``, ``full_gaussian_kl``, ``full_gaussian_log_density``);
+  (``scale_tril``, ``reparameterize_full``, ``full_gaussian_kl``, ``full_gaussian_log_density``),
+  and the same family scale-relative, L = U diag(exp(s)) (``relative_lower``);
 - ``sigmoid`` and ``softplus``, the two functions of a logit that the Bernoulli needs.
 
 We parameterize the Gaussian by its log-variance ``logvar = log sigma^2``, never by sigma:
