@@ -9,8 +9,8 @@ with ``allow_pickle=False``: a file that holds pickled Python objects is refused
 executed, and one with compressed members is refused before anything is inflated. Its arrays
 are ``params`` (P,) and the optimizer's buffers ``opt.<name>`` (P,) each (Adam's ``opt.m``
 and ``opt.v``), all finite, second moments >= 0, and ``meta``, a JSON string: ``format``
-("npvae-checkpoint"), ``version`` (2), ``config`` (``model.config``, so that
-``VAE(**config)`` rebuilds the model), ``blocks`` (the layout of ``params``), ``model_rng``
+("npvae-checkpoint"), ``version`` (3; 2 is read too, see ``RENAMED_IN_3``), ``config``
+(``model.config``, so that ``VAE(**config)`` rebuilds the model), ``blocks`` (the layout of ``params``), ``model_rng``
 (a PCG64 state) and, for a model trained by ``fit``, all a run needs to resume or be
 evaluated: ``epoch``, ``step``, ``history`` (a row of ``train.HISTORY_COLUMNS`` per epoch),
 ``settings`` (fit's, ``train.DEFAULTS``' keys, with the data set's name or null),
@@ -49,7 +49,10 @@ from .train import DEFAULTS, HISTORY_COLUMNS, History, TrainState, check_setting
 from .vae import VAE, memory_estimate, parameter_count
 
 FORMAT = "npvae-checkpoint"
-VERSION = 2
+VERSION = 3  # written; read: 2 and 3
+# Version 2 is npvae before Step 12, when posterior "full" had L's absolute entries below the
+# diagonal: it reads as "full-absolute", the same model (version 3's "full" is scale-relative).
+RENAMED_IN_3 = {"full": "full-absolute"}
 
 MODEL_KEYS = ("format", "version", "config", "blocks", "model_rng")
 TRAINING_KEYS = ("epoch", "step", "history", "settings", "optimizer", "data_rng", "noise_rng")
@@ -272,13 +275,15 @@ def _check_meta(meta) -> dict:
     if meta.get("format") != FORMAT:
         raise _Invalid(f"not an npvae checkpoint (format {shown(meta.get('format'))})")
     version = meta.get("version")
-    if not (is_integer(version) and version == VERSION):
+    if not (is_integer(version) and version in (2, VERSION)):
         newer = " (written by a newer npvae?)" if is_integer(version) and version > VERSION else ""
-        raise _Invalid(f"checkpoint format version {shown(version)}; this npvae reads version {VERSION}{newer}")
+        raise _Invalid(f"checkpoint format version {shown(version)}; this npvae reads versions 2 and {VERSION}{newer}")
     trained = any(key in meta for key in TRAINING_KEYS)
     _keys("meta", meta, MODEL_KEYS + (TRAINING_KEYS if trained else ()))
 
     _keys("config", meta["config"], CONFIG_KEYS)  # the sizes are checked where they are used (parameter_count)
+    if version == 2 and isinstance(meta["config"]["posterior"], str):
+        meta["config"]["posterior"] = RENAMED_IN_3.get(meta["config"]["posterior"], meta["config"]["posterior"])
     if not (isinstance(meta["config"]["dtype"], str) and meta["config"]["dtype"] in DTYPES):
         _fail("config.dtype", f"one of {', '.join(DTYPES)}", meta["config"]["dtype"])
     if not isinstance(meta["blocks"], list):

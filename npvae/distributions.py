@@ -17,7 +17,8 @@ and its pieces are here:
   ``gaussian_log_density_at_sample`` for a z made from a known eps), for the importance
   sampled log-likelihood;
 - the lecture's full-covariance posterior N(mu, Sigma), Sigma = L L^T, by its Cholesky factor L
-  (``scale_tril``, ``reparameterize_full``, ``full_gaussian_kl``, ``full_gaussian_log_density``);
+  (``scale_tril``, ``reparameterize_full``, ``full_gaussian_kl``, ``full_gaussian_log_density``),
+  and the same family scale-relative, L = U diag(exp(s)) (``relative_lower``);
 - ``sigmoid`` and ``softplus``, the two functions of a logit that the Bernoulli needs.
 
 We parameterize the Gaussian by its log-variance ``logvar = log sigma^2``, never by sigma:
@@ -385,3 +386,74 @@ def full_gaussian_kl_backward(dkl, mu, log_diag, lower):
     xp = array_namespace(mu)
     dkl = per_row(dkl)  # (N, 1), broadcast over Z and K
     return dkl * mu, dkl * xp.expm1(2.0 * log_diag), dkl * lower
+
+
+# ---------------------------------------------------------------------------------------
+# The same family, scale-relative: L = U diag(exp(s)), U unit lower-triangular
+# ---------------------------------------------------------------------------------------
+# Above, the entries of L below the diagonal are absolute numbers: to tilt a posterior whose
+# widths are sigma ~ 0.1, the encoder must output each L_ij to that precision. Scaled by the
+# width of its column instead,
+#
+#     L = U diag(sigma),  sigma_j = exp(s_j),  U_ii = 1,  U_ij = u_ij (j < i),  U_ij = 0 (j > i)
+#     ->  L_ii = sigma_i,   L_ij = u_ij sigma_j   (j < i),
+#
+# the encoder's outputs u are numbers of order one whatever the widths (u_ij is the slope of
+# z_i's noise on z_j's standardized noise). It is the same family, N(mu, L L^T) over all lower-
+# triangular L with a positive diagonal: any L has u_ij = L_ij / L_jj. Only the coordinates the
+# encoder learns in differ, and with them how gradient descent moves (benchmarks/RESULTS.md,
+# Step 12). Still det L = det U * prod_j sigma_j = prod_j sigma_j, so log det L = sum_j s_j.
+#
+# ``relative_lower`` maps (s, u) to the absolute entries ``lower`` of the section above, so
+# scale_tril, the sampler, the KL and the log-density are reused unchanged. With it the KL is
+#
+#     KL = 1/2 ( ||L||_F^2 + ||mu||^2 - Z ) - sum_j s_j
+#        = 1/2 sum_j ( exp(2 s_j) (1 + sum_{i>j} u_ij^2) - 1 - 2 s_j ) + 1/2 ||mu||^2,
+#
+# and its gradient the chain rule through the map: dKL/du_ij = u_ij exp(2 s_j), dKL/ds_j =
+# exp(2 s_j) (1 + sum_{i>j} u_ij^2) - 1 (tests/test_full_relative.py checks both).
+# u = 0 is the diagonal Gaussian with logvar = 2 s, whatever s: a head for u that starts at
+# zero starts the full model exactly at a diagonal one.
+@replaceable
+def relative_lower(log_diag, unit_lower):
+    """The absolute entries of L below its diagonal from the scale-relative ones:
+
+        lower[i(i-1)/2 + j] = u_ij * exp(s_j)        (j < i, row by row as in ``scale_tril``)
+
+    so that ``scale_tril(s, relative_lower(s, u))`` is L = U diag(exp(s)).
+
+    Args: log_diag: s, (N, Z); unit_lower: u, (N, K), K = Z(Z-1)/2, row by row.
+    Returns: lower: (N, K).
+    """
+    xp = array_namespace(log_diag)
+    sigma = xp.exp(log_diag)
+    cols = [j for i in range(log_diag.shape[-1]) for j in range(i)]  # entry k's column: 0, 0, 1, 0, 1, 2, ...
+    if not cols:  # Z = 1: K = 0 entries
+        return unit_lower
+    return unit_lower * xp.stack([sigma[..., j] for j in cols], axis=-1)  # u_k * sigma_(column of k)
+
+
+@replaceable
+def relative_lower_backward(dlower, log_diag, unit_lower):
+    """Gradients of ``relative_lower``: lower_k = u_k sigma_j, with j the column of entry k.
+
+        dlower_k / du_k      = sigma_j         ->  du_k = dlower_k sigma_j
+        dlower_k / dsigma_j  = u_k             ->  dsigma_j = the sum of dlower_k u_k over the
+                                                              entries k in column j (rows i > j)
+        dsigma_j / ds_j      = sigma_j         ->  ds_j = dsigma_j sigma_j
+
+    Args: dlower: (N, K), the gradient w.r.t. ``relative_lower``'s output; log_diag: s, (N, Z);
+        unit_lower: u, (N, K).
+    Returns: dlog_diag: (N, Z) (this path's part only: s reaches the loss by others too, to add),
+        dunit_lower: (N, K).
+    """
+    xp = array_namespace(dlower)
+    sigma = xp.exp(log_diag)
+    cols = [j for i in range(log_diag.shape[-1]) for j in range(i)]  # entry k's column, as above
+    if not cols:  # Z = 1: K = 0 entries
+        return xp.zeros_like(log_diag), dlower
+    du = dlower * xp.stack([sigma[..., j] for j in cols], axis=-1)
+    g, zero = dlower * unit_lower, xp.zeros_like(sigma[..., 0])
+    dsigma = xp.stack([sum((g[..., k] for k, c in enumerate(cols) if c == j), zero)
+                       for j in range(sigma.shape[-1])], axis=-1)
+    return dsigma * sigma, du

@@ -6,7 +6,9 @@ q_phi, their decoder p_theta):
 - encoder Q_theta(z|X) = N(mu(X), diag(exp(logvar(X)))): an MLP trunk with two linear heads,
   one for mu and one for logvar (``DiagonalGaussian``), or with ``posterior="full"`` the
   lecture's full Sigma = L L^T, with three heads: mu, log diag(L) and L's entries below the
-  diagonal (``GaussianPosterior``); its parameters are ``theta``;
+  diagonal relative to their column's width, L = U diag(exp(s)) (``RelativeGaussianPosterior``;
+  ``posterior="full-absolute"``: the absolute entries, ``GaussianPosterior``); its parameters
+  are ``theta``;
 - decoder P_phi(X|z): an MLP from z to the parameters of P(X|z), logits for
   ``likelihood="bernoulli"`` or the mean of N(mean, I) for ``likelihood="gaussian"``
   (the lecture's unit-variance Gaussian); its parameters are ``phi``.
@@ -49,7 +51,7 @@ from .layers import MLP, Dense, FlatParameters
 from .random import MODEL_STREAMS, Generator, streams
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-POSTERIORS = ("diagonal", "full")
+POSTERIORS = ("diagonal", "full", "full-absolute")
 ACTIVATIONS = tuple(layers.ACTIVATIONS)  # "relu", "tanh", "sigmoid": one registry, in layers
 
 # encode, posterior and reconstruct take the rows of x a chunk at a time, so that a chunk's
@@ -211,7 +213,7 @@ class DiagonalGaussian(NamedTuple):
 
 
 class GaussianPosterior(NamedTuple):
-    """Q_theta(z|x) = N(mu, Sigma), Sigma = L L^T, for each of N rows (``posterior="full"``).
+    """Q_theta(z|x) = N(mu, Sigma), Sigma = L L^T, for each of N rows (``posterior="full-absolute"``).
 
     The fields are its parameters, each the output of one Dense head: mu (N, Z), log_diag
     s = log diag(L) (N, Z) and lower (N, K), the K = Z(Z-1)/2 entries of L below its diagonal,
@@ -280,7 +282,62 @@ class GaussianPosterior(NamedTuple):
         return dist.gaussian_log_density_at_sample(eps, *_against(eps, 2.0 * self.log_diag))
 
 
-FAMILIES = dict(zip(POSTERIORS, (DiagonalGaussian, GaussianPosterior)))  # posterior= -> the class of Q
+class RelativeGaussianPosterior(NamedTuple):
+    """Q_theta(z|x) = N(mu, L L^T) with L = U diag(exp(s)), U unit lower-triangular
+    (``posterior="full"``): the family of ``GaussianPosterior``, scale-relative.
+
+    The fields are the heads' outputs: mu (N, Z), log_diag s (N, Z) and unit_lower u (N, K), the
+    entries of U below its diagonal, row by row, so L_ii = exp(s_i) and L_ij = u_ij exp(s_j)
+    (``distributions.relative_lower``). The u head starts at zero (``zero_init``): the model
+    starts as a diagonal one. Everything is computed by ``absolute``, the same Gaussian as a
+    ``GaussianPosterior``; the backward passes go through it, then through the map (s, u) -> lower.
+    """
+
+    mu: object
+    log_diag: object
+    unit_lower: object
+    zero_init = ("unit_lower",)  # the heads whose W and b start at 0
+
+    widths = staticmethod(GaussianPosterior.widths)
+
+    @property
+    def absolute(self) -> GaussianPosterior:
+        """The same Gaussian with L's absolute entries below the diagonal."""
+        return GaussianPosterior(self.mu, self.log_diag, dist.relative_lower(self.log_diag, self.unit_lower))
+
+    def _to_relative(self, dmu, dlog_diag, dlower):
+        """Gradients w.r.t. (mu, s, lower) -> w.r.t. (mu, s, u), through lower = relative_lower(s, u)."""
+        ds, du = dist.relative_lower_backward(dlower, self.log_diag, self.unit_lower)
+        return dmu, dlog_diag + ds, du
+
+    mean = property(lambda self: self.mu)
+    logvar = property(lambda self: self.absolute.logvar)
+    variance = property(lambda self: self.absolute.variance)
+    scale_tril = property(lambda self: self.absolute.scale_tril)
+    covariance = property(lambda self: self.absolute.covariance)
+
+    def rsample(self, eps):
+        return self.absolute.rsample(eps)
+
+    def rsample_backward(self, dz, eps):
+        return self._to_relative(*self.absolute.rsample_backward(dz, eps))
+
+    def kl(self):
+        """KL = 1/2 sum_j (exp(2 s_j) (1 + sum_{i>j} u_ij^2) - 1 - 2 s_j) + 1/2 ||mu||^2, (N,)."""
+        return self.absolute.kl()
+
+    def kl_backward(self, dkl):
+        return self._to_relative(*self.absolute.kl_backward(dkl))
+
+    def log_prob(self, z):
+        return self.absolute.log_prob(z)
+
+    def log_prob_at_sample(self, eps):
+        return self.absolute.log_prob_at_sample(eps)
+
+
+# posterior= -> the class of Q. "full" was "full-absolute" before npvae's Step 12 (checkpoint reads old files so).
+FAMILIES = {"diagonal": DiagonalGaussian, "full": RelativeGaussianPosterior, "full-absolute": GaussianPosterior}
 
 
 def _against(points, *params):
@@ -289,6 +346,14 @@ def _against(points, *params):
     if points.ndim != 3:
         return params
     return [array_namespace(a).reshape(a, (a.shape[0], 1, *a.shape[1:])) for a in params]
+
+
+class ZeroDense(Dense):
+    """A Dense layer that starts at W = 0, b = 0. It draws what a Dense draws (and drops it),
+    so every other layer starts as it would beside a Dense."""
+
+    def init(self, rng, dtype) -> dict:
+        return {name: array_namespace(value).zeros_like(value) for name, value in super().init(rng, dtype).items()}
 
 
 class GaussianHead:
@@ -302,7 +367,9 @@ class GaussianHead:
 
     def __init__(self, family, h_dim, z_dim):
         self.family = family
-        self.layers = {name: Dense(h_dim, width) for name, width in zip(family._fields, family.widths(z_dim))}
+        zero = getattr(family, "zero_init", ())
+        self.layers = {name: (ZeroDense if name in zero else Dense)(h_dim, width)
+                       for name, width in zip(family._fields, family.widths(z_dim))}
 
     def forward(self, h):
         """h (N, H) -> q, the posterior of each row, and the heads' caches."""
@@ -384,7 +451,8 @@ class MemoryEstimate:
         e.g. {"latent_dim": ("--latent-dim", 600), "hidden_dims": ("--hidden", [400])}."""
         driver = max(names, key=lambda arg: self.weights.get(arg, 0))
         name, value = names[driver]
-        detail = f" with {posterior_name} full" if driver == "latent_dim" and self.posterior == "full" else ""
+        detail = (f" with {posterior_name} {self.posterior}" if driver == "latent_dim" and self.posterior != "diagonal"
+                  else "")
         if self.activations:
             detail += (f" (parameters {self.parameters / 2**30:.1f} GiB, activations of {self.rows} rows at once "
                        f"{self.activations / 2**30:.1f} GiB)")
@@ -423,7 +491,7 @@ def _memory_bytes(input_dim, hidden_dims, latent_dim, rows, posterior, item, wor
         parameters += item * max(a * b for a, b in layers_)
     per = ACTIVATION_FLOATS[work]
     width = per["input_dim"] * input_dim + per["latent_dim"] * latent_dim + per["hidden_dims"] * sum(hidden_dims)
-    if posterior == "full":
+    if posterior != "diagonal":
         width += per["latent_dim^2"] * latent_dim * latent_dim
     return parameters, item * rows * width
 
@@ -453,7 +521,9 @@ class VAE:
         dtype: ``"float32"`` (training) or ``"float64"`` (gradient checks).
         seed: initializes the parameters and the model's own noise generator ``model.rng``.
         posterior: ``"diagonal"``, Q_theta(z|x) = N(mu, diag(exp(logvar))), or ``"full"``,
-            N(mu, L L^T) (``DiagonalGaussian``, ``GaussianPosterior``): chosen here, once.
+            N(mu, L L^T) with L = U diag(exp(s)), starting diagonal, or ``"full-absolute"``, the
+            same family with L's absolute entries (``DiagonalGaussian``,
+            ``RelativeGaussianPosterior``, ``GaussianPosterior``): chosen here, once.
 
     Shapes: x (N, D) -> mu, logvar (N, Z); z (N, Z) -> decode(z) (N, D).
     """
@@ -472,8 +542,8 @@ class VAE:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
-        if posterior == "full" and latent_dim < 2:
-            raise ValueError("posterior: 'full' needs latent_dim >= 2 (with Z = 1 it is the diagonal one), "
+        if posterior != "diagonal" and latent_dim < 2:
+            raise ValueError(f"posterior: {posterior!r} needs latent_dim >= 2 (with Z = 1 it is the diagonal one), "
                              f"got latent_dim {latent_dim}")
         # params, grads and up to two optimizer buffers: refuse a size that cannot fit before
         # allocating anything (the activations depend on the batch: fit's caller checks them)

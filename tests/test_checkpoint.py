@@ -53,7 +53,7 @@ def test_the_file_is_plain_arrays_and_json(trained):
     with np.load(path, allow_pickle=False) as archive:
         assert set(archive.files) == {"meta", "params", "opt.sum_sq"}
         meta = json.loads(str(archive["meta"]))
-    assert meta["format"] == "npvae-checkpoint" and meta["version"] == 2
+    assert meta["format"] == "npvae-checkpoint" and meta["version"] == 3
     assert meta["config"]["hidden_dims"] == [8] and meta["epoch"] == 2
 
 
@@ -115,7 +115,7 @@ def test_future_version_and_wrong_sizes(trained, tmp_path):
     meta["version"] = 99
     np.savez(tmp_path / "v99.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
     with pytest.raises(checkpoint.CheckpointError,
-                       match=r"format version 99; this npvae reads version 2 \(written by a newer npvae\?\)"):
+                       match=r"format version 99; this npvae reads versions 2 and 3 \(written by a newer npvae\?\)"):
         npvae.load(tmp_path / "v99.npz")
     np.savez(tmp_path / "short.npz", **{**arrays, "params": arrays["params"][:-1]})
     with pytest.raises(checkpoint.CheckpointError, match=r"params: expected shape \(\d+,\) for the saved config"):
@@ -237,11 +237,11 @@ META_CASES = [
     ("meta-not-a-string", array("meta", lambda _: np.zeros(3)),
      r"meta: expected a JSON string, got an array of shape \(3,\)"),
     ("no-format", drop("format"), r"not an npvae checkpoint \(format None\)$"),
-    ("version-string", put("version", "2"), r"checkpoint format version '2'; this npvae reads version 2$"),
-    ("version-bool", put("version", True), r"checkpoint format version True; this npvae reads version 2$"),
-    ("version-1", put("version", 1), r"checkpoint format version 1; this npvae reads version 2$"),
-    ("version-3", put("version", 3),
-     r"checkpoint format version 3; this npvae reads version 2 \(written by a newer"),
+    ("version-string", put("version", "2"), r"checkpoint format version '2'; this npvae reads versions 2 and 3$"),
+    ("version-bool", put("version", True), r"checkpoint format version True; this npvae reads versions 2 and 3$"),
+    ("version-1", put("version", 1), r"checkpoint format version 1; this npvae reads versions 2 and 3$"),
+    ("version-4", put("version", 4),
+     r"checkpoint format version 4; this npvae reads versions 2 and 3 \(written by a newer"),
     ("no-config", drop("config"), r"meta: missing key 'config'$"),
     ("no-model-rng", drop("model_rng"), r"meta: missing key 'model_rng'$"),
     ("no-step", drop("step"), r"meta: missing key 'step'$"),
@@ -269,7 +269,7 @@ META_CASES = [
      r"config: likelihood: expected one of \('bernoulli', 'gaussian'\), got 'poisson'$"),
     ("activation", put("config.activation", None),
      r"config: activation: expected one of \('relu', 'tanh', 'sigmoid'\), got None$"),
-    ("posterior", put("config.posterior", "tied"), r"config: posterior: expected one of \('diagonal', 'full'\), got 'tied'$"),
+    ("posterior", put("config.posterior", "tied"), r"config: posterior: expected one of \('diagonal', 'full', 'full-absolute'\), got 'tied'$"),
     ("dtype", put("config.dtype", "float16"), r"config\.dtype: expected one of float32, float64, got 'float16'$"),
     ("seed-float", put("config.seed", 1.5), r"config: seed: expected a non-negative integer \(or None .*\), got 1\.5$"),
     ("seed-string", put("config.seed", "abc"), r"config: seed: expected a non-negative integer \(or None .*\), got 'abc'$"),

@@ -308,4 +308,4 @@ def test_train_evaluate_and_gradcheck_with_a_full_posterior(tmp_path, capsys):
     assert "--posterior: the model's shape comes from the checkpoint" in capsys.readouterr().err
     assert cli.main(["gradcheck", "--posterior", "full"]) == 0
     report = capsys.readouterr().out
-    assert "theta.lower.W" in report and "PASS" in report
+    assert "theta.unit_lower.W" in report and "PASS" in report

@@ -26,10 +26,10 @@ def block(model, name):
 @pytest.mark.parametrize("likelihood, activation", [("bernoulli", "tanh"), ("gaussian", "relu")])
 def test_gradient_check_of_the_whole_full_covariance_vae(rng, likelihood, activation):
     model = npvae.VAE(D, (6,), Z, likelihood=likelihood, activation=activation, dtype="float64", seed=4,
-                      posterior="full")
+                      posterior="full-absolute")
     names = [b.name for b in model.blocks]
     assert "theta.log_diag.W" in names and "theta.lower.W" in names and "theta.logvar.W" not in names
-    assert model.n_params == npvae.vae.parameter_count(D, (6,), Z, "full")
+    assert model.n_params == npvae.vae.parameter_count(D, (6,), Z, "full-absolute")
     x, eps = batch(rng)
     if likelihood == "gaussian":
         x = rng.standard_normal((5, D))
@@ -40,7 +40,7 @@ def test_gradient_check_of_the_whole_full_covariance_vae(rng, likelihood, activa
 def test_zero_off_diagonal_is_the_diagonal_model(rng):
     # s = log diag(L) = logvar / 2: halve the logvar head's weights; the lower head's are 0.
     diag = npvae.VAE(D, (6,), Z, dtype="float64", seed=2)
-    full = npvae.VAE(D, (6,), Z, dtype="float64", seed=2, posterior="full")
+    full = npvae.VAE(D, (6,), Z, dtype="float64", seed=2, posterior="full-absolute")
     p_diag, p_full = host(diag.params), host(full.params).copy()
     for b in diag.blocks:
         target = "theta.log_diag" + b.name[len("theta.logvar"):] if b.name.startswith("theta.logvar") else b.name
@@ -91,7 +91,7 @@ def test_the_posterior_object(rng, posterior):
 def test_full_needs_two_latent_dimensions():
     with pytest.raises(ValueError, match=r"posterior: 'full' needs latent_dim >= 2"):
         npvae.VAE(D, (6,), 1, posterior="full")
-    with pytest.raises(ValueError, match=r"posterior: expected one of \('diagonal', 'full'\), got 'tied'"):
+    with pytest.raises(ValueError, match=r"posterior: expected one of \('diagonal', 'full', 'full-absolute'\), got 'tied'"):
         npvae.VAE(D, (6,), 2, posterior="tied")
 
 
@@ -144,7 +144,7 @@ def test_ppca_log_likelihood_is_exact_with_the_full_proposal_and_noisier_with_th
     m_inv = np.linalg.inv(m)
     post_w = w @ m_inv  # mu = (x - b) W M^-1
     # the exact posterior, as the full encoder's heads
-    full = linear_vae(w, b, "full")
+    full = linear_vae(w, b, "full-absolute")
     full.head.layers["mu"].W[...] = npvae.asarray(post_w)
     full.head.layers["mu"].b[...] = npvae.asarray(-(b @ post_w))
     chol = np.linalg.cholesky(m_inv)

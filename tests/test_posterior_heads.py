@@ -82,5 +82,5 @@ def test_the_posterior_is_chosen_at_construction(rng, posterior):
 
 def test_an_unknown_posterior_is_refused_by_the_size_functions_too():
     # a checkpoint's config reaches parameter_count before VAE(): it once counted "bogus" as diagonal
-    with pytest.raises(ValueError, match=r"^posterior: expected one of \('diagonal', 'full'\), got 'bogus'$"):
+    with pytest.raises(ValueError, match=r"^posterior: expected one of \('diagonal', 'full', 'full-absolute'\), got 'bogus'$"):
         npvae.vae.parameter_count(4, (3,), 2, "bogus")
