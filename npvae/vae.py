@@ -138,11 +138,6 @@ def repeat_rows(a, k):
     return xp.reshape(xp.broadcast_to(xp.expand_dims(a, axis=1), (n, k, *rest)), (n * k, *rest))
 
 
-# log det L = sum_j log L_jj, from the field of Q that holds log diag(L): logvar / 2 for the
-# diagonal posterior, log_diag itself for the full one (no other field enters it).
-LOG_DET_FIELDS = {"logvar": 0.5, "log_diag": 1.0}
-
-
 class DiagonalGaussian(NamedTuple):
     """Q_theta(z|x) = N(mu, diag(exp(logvar))) for each of N rows (``posterior="diagonal"``).
 
@@ -210,6 +205,10 @@ class DiagonalGaussian(NamedTuple):
     def log_prob_at_sample(self, eps):
         """``log_prob(rsample(eps))``, computed from eps: stable where Sigma is nearly singular."""
         return dist.gaussian_log_density_at_sample(eps, *_against(eps, self.logvar))
+
+    def log_det_backward(self, dlog_det):
+        """log det L = sum_j logvar_j / 2, so dlog_det (N,) -> (dmu, dlogvar) = (0, dlog_det / 2)."""
+        return 0.0, 0.5 * dist.per_row(dlog_det)
 
 
 class GaussianPosterior(NamedTuple):
@@ -281,6 +280,10 @@ class GaussianPosterior(NamedTuple):
         = -1/2 ||eps||^2 - sum_j s_j - Z/2 log(2 pi): the diagonal formula with logvar = 2 s, no solve."""
         return dist.gaussian_log_density_at_sample(eps, *_against(eps, 2.0 * self.log_diag))
 
+    def log_det_backward(self, dlog_det):
+        """log det L = sum_j s_j, so dlog_det (N,) -> (dmu, dlog_diag, dlower) = (0, dlog_det, 0)."""
+        return 0.0, dist.per_row(dlog_det), 0.0
+
 
 class RelativeGaussianPosterior(NamedTuple):
     """Q_theta(z|x) = N(mu, L L^T) with L = U diag(exp(s)), U unit lower-triangular
@@ -334,6 +337,10 @@ class RelativeGaussianPosterior(NamedTuple):
 
     def log_prob_at_sample(self, eps):
         return self.absolute.log_prob_at_sample(eps)
+
+    def log_det_backward(self, dlog_det):
+        """log det L = sum_j s_j here too (U's diagonal is 1): (dmu, dlog_diag, dunit_lower) = (0, dlog_det, 0)."""
+        return self.absolute.log_det_backward(dlog_det)
 
 
 # posterior= -> the class of Q. "full" was "full-absolute" before npvae's Step 12 (checkpoint reads old files so).
@@ -787,8 +794,7 @@ class VAE:
         dz = self.decoder.backward(dout, fwd.decoder_cache) - beta * dist.per_row(dlog_w) * z  # + via log P(z)
         dq = fwd.q.rsample_backward(dz, xp.reshape(fwd.eps, (n * k, zdim)))
         dlog_det = beta * dist.per_row(dlog_w)  # via -beta log Q = beta log det L + const
-        dq = [d + LOG_DET_FIELDS[name] * dlog_det if name in LOG_DET_FIELDS else d
-              for name, d in zip(fwd.q._fields, dq)]
+        dq = [d + g for d, g in zip(dq, fwd.q.log_det_backward(dlog_det), strict=True)]
         dh = self.head.backward(dq, fwd.head_cache)  # (N*K, H)
         dh = xp.sum(xp.reshape(dh, (n, k, dh.shape[-1])), axis=1)  # (N, H): each row's K draws add up
         self.encoder.backward(dh, fwd.encoder_cache, need_dx=False)

@@ -30,7 +30,7 @@ def model_and_batch(posterior, k, n=4, seed=0, likelihood="bernoulli", dtype="fl
 
 # --- the gradient, by hand, against central differences (float64, numpy and strict) --------------
 @pytest.mark.textbook
-@pytest.mark.parametrize("posterior", ["diagonal", "full"])
+@pytest.mark.parametrize("posterior", npvae.vae.POSTERIORS)
 @pytest.mark.parametrize("k, beta, likelihood", [(1, 1.0, "bernoulli"), (3, 1.0, "bernoulli"), (3, 1.0, "gaussian"),
                                                  (3, 0.5, "bernoulli")])
 def test_gradient_check_of_the_bound(posterior, k, beta, likelihood):
@@ -41,7 +41,7 @@ def test_gradient_check_of_the_bound(posterior, k, beta, likelihood):
 
 
 @pytest.mark.textbook
-@pytest.mark.parametrize("posterior", ["diagonal", "full"])
+@pytest.mark.parametrize("posterior", npvae.vae.POSTERIORS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_k1_is_todays_elbo_exactly(posterior, dtype):
     model, x, eps = model_and_batch(posterior, 1, n=7, dtype=dtype)
@@ -54,7 +54,7 @@ def test_k1_is_todays_elbo_exactly(posterior, dtype):
 
 
 @pytest.mark.textbook
-@pytest.mark.parametrize("posterior", ["diagonal", "full"])
+@pytest.mark.parametrize("posterior", npvae.vae.POSTERIORS)
 def test_the_terms_of_the_bound(posterior):
     # The bound from its definition, with the posterior's and the decoder's public methods.
     model, x, eps = model_and_batch(posterior, 5, n=6)
