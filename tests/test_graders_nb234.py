@@ -62,6 +62,11 @@ def test_02_1_names_each_slip(body, named):
     assert named in refused("02.1", answer("02.1", body))
 
 
+def test_02_1_names_a_function_that_fails_when_mu_broadcasts_against_eps():
+    body = "return mu + xp.exp(0.5 * logvar) * xp.reshape(eps, mu.shape)"
+    assert "fails when mu and logvar broadcast against eps" in refused("02.1", answer("02.1", body))
+
+
 # --- 02.2 --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("body, named", [
     ("return dz, dz * xp.exp(0.5 * logvar) * eps", "missing the factor 1/2"),
