@@ -15,14 +15,14 @@ p = 1.0 / (1.0 + xp.exp(-logits))
 return xp.sum(x * xp.log(p) + (1 - x) * xp.log(1 - p), axis=-1)""",
     "03.2": """\
 p = dist.sigmoid(logits)
-return xp.reshape(dlog_p, (-1, 1)) * (p - x)""",
+return dist.per_row(dlog_p) * (p - x)""",
     "03.3": """\
 squared_error = xp.sum((x - mean) ** 2, axis=-1)
 return -0.5 * squared_error""",
     "04.1": """\
 return xp.sum(mu**2 + xp.exp(logvar) - 1 - logvar, axis=-1)""",
     "04.2": """\
-dkl = xp.reshape(dkl, (-1, 1))
+dkl = dist.per_row(dkl)
 return dkl * mu, dkl * (xp.exp(logvar) - 1)""",
     "06.1": """\
 q = np.exp(log_q) * area

@@ -5,7 +5,8 @@
   the variance, used as sigma; the 1/2 outside the exponent; logvar itself; a sigma averaged
   over the batch; mu - sigma * eps) are named; and 20,000 draws z (eps ~ N(0, I) passed in),
   each row with its own mu and logvar, must give (z - mu) / sigma with mean 0 and variance 1
-  within 4 standard errors (a sigma shared by the rows fails there).
+  within 4 standard errors (a sigma shared by the rows fails there); mu and logvar (b, 1, Z) with
+  eps (b, k, Z) must give k draws for each row, as npvae's do.
 - ``check_reparameterize_backward(reparameterize_backward)``, exercise 02.2: (dmu, dlogvar) =
   (dz, dz * exp(logvar / 2) * eps / 2), compared with ``npvae.distributions.
   reparameterize_backward`` and gradient-checked (float64 central differences) against npvae's
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..backend import array_namespace, asarray
 from .. import distributions as dist
-from . import call, compare, fail, gradient_check, host, inputs, passed
+from . import ExerciseFailed, call, compare, fail, gradient_check, host, inputs, passed
 
 REPARAM_EX = "02.1"
 BACKWARD_EX = "02.2"
@@ -122,9 +123,28 @@ def check_reparameterize(reparameterize):
         compare(ex, got, want, "z = mu + exp(logvar / 2) * eps")
     zs_mean, zs_var = _moments(reparameterize, ex, "z (20000 draws)")
     _wrong_moments(ex, zs_mean, zs_var)
+    _broadcast(reparameterize, ex)
     passed(ex, f"z equals mu + exp(logvar / 2) * eps, and {K_DRAWS} draws, each row with its own mu and logvar, give "
                f"(z - mu) / sigma with mean 0 and variance 1 (largest deviations {zs_mean:.2f} and {zs_var:.2f} "
-               f"standard errors; bound {K_SE:g})")
+               f"standard errors; bound {K_SE:g}); k draws per row by broadcasting, as npvae's")
+
+
+def _broadcast(reparameterize, ex):
+    """Fail unless mu, logvar (b, 1, Z) with eps (b, k, Z) give k draws for each row, as npvae's
+    reparameterize does (the importance-sampled log-likelihood draws that way)."""
+    mu, logvar, eps = inputs(203, (2, 1, 3), (2, 1, 3), (2, 4, 3))
+    want = host(dist.reparameterize.textbook(mu, logvar, eps))
+    try:
+        got = host(call(ex, reparameterize, mu, logvar, eps), ex, "z")
+    except ExerciseFailed as exc:
+        if "your function raised" not in str(exc):
+            raise
+        got = None
+    if got is None or not _close(got, want):
+        fail(ex, "your function fails when mu and logvar broadcast against eps: with mu and logvar of shape (b, 1, Z) "
+                 "and eps (b, k, Z), npvae's reparameterize gives k draws for each row, z of eps's shape (b, k, Z) "
+                 "(npvae's importance-sampled log-likelihood draws that way); compute z entry by entry, with no "
+                 "reshape to mu's shape")
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@
 - ``check_bernoulli_log_likelihood_backward(bernoulli_log_likelihood_backward)``, exercise
   03.2: dlog_p * (x - sigmoid(logits)), gradient-checked (float64 central differences) against
   npvae's forward and compared with ``npvae.distributions.bernoulli_log_likelihood_backward``;
-  a flipped sign (sigmoid(l) - x, the gradient of the loss -log P) is named.
+  a flipped sign (sigmoid(l) - x, the gradient of the loss -log P) is named. The upstream gradient
+  may also be one number for every row (a Python float or a 0-d array), as npvae's model passes it:
+  ``check_one_number`` (04.2's grader uses it too) names a function that fails on that form, and
+  one that turns a float into a float64 array (the result of float32 inputs would be float64).
 - ``check_gaussian_log_likelihood(gaussian_log_likelihood)``, exercise 03.3: log N(x; mean, I) =
   -1/2 ||x - mean||^2 - D/2 log(2 pi) per row, in nats, compared with ``npvae.distributions.
   gaussian_log_likelihood`` for two widths D; a missing or wrong constant is named.
@@ -166,8 +169,49 @@ def check_bernoulli_log_likelihood_backward(bernoulli_log_likelihood_backward):
     err = gradient_check(ex, f, logits, got, "d log P / d logits", rtol=GRAD_TOL,
                          of="sum_n dlog_p_n log P(x_n|z_n)")
     compare(ex, got, want, "d log P / d logits")
+    check_one_number(ex, bernoulli_log_likelihood_backward, dist.bernoulli_log_likelihood_backward.textbook,
+                     "dlog_p", (x, logits), ("d log P / d logits",))
     passed(ex, f"dlog_p * (x - sigmoid(logits)), the same as npvae's; gradient check in float64: relative error "
-               f"{err:.1e} (bound {GRAD_TOL:g})")
+               f"{err:.1e} (bound {GRAD_TOL:g}); dlog_p may also be one number, as npvae passes it")
+
+
+def check_one_number(ex, fn, library, name, args, what):
+    """Grade a backward's other form of its upstream gradient ``name``: one number for every row
+    (npvae's model passes a Python float: -1/N, beta/N), as a Python float and as a 0-d array.
+    ``fn(d, *args)`` must equal ``library(d, *args)`` (npvae's textbook function), and, for float32
+    ``args`` and a Python float, stay float32. ``what`` names fn's results, in order."""
+    hint = (f"npvae passes `{name}` either as one number per row, shape (N,), or as one number for every row "
+            f"(a Python float, as the model passes it, or a 0-d array); dist.per_row({name}) turns either into what "
+            f"multiplies each row (a column (N, 1), or the number itself)")
+    for d, form in ((-0.375, "a Python float, -0.375"), (asarray(0.625, dtype="float64"), "a 0-d array, 0.625")):
+        try:
+            got = call(ex, fn, d, *args)
+        except ExerciseFailed as exc:
+            if "your function raised" not in str(exc):
+                raise
+            fail(ex, f"your function fails when the upstream gradient `{name}` is one number ({form}): it raised "
+                     f"{str(exc).split('your function raised ', 1)[1].rstrip('.')}. {hint}")
+        want = library(d, *args)
+        for g, w, label in zip(_results(got), _results(want), what):
+            g, w = host(g, ex, label), host(w)
+            if not _close(g, w):
+                fail(ex, f"{label}: your result is wrong when the upstream gradient `{name}` is one number ({form}, "
+                         f"the same for every row): it is not {name} times the gradient (expected shape {w.shape}, got "
+                         f"{g.shape}). {hint}")
+    args32 = [asarray(host(a), dtype="float32") for a in args]
+    for g, label in zip(_results(call(ex, fn, -0.375, *args32)), what):
+        if str(getattr(g, "dtype", None)) != str(args32[0].dtype):
+            fail(ex, f"{label}: your result changes dtype when the upstream gradient `{name}` is one number (a "
+                     f"Python float) and the inputs are float32, as in training: it is "
+                     f"{getattr(g, 'dtype', type(g).__name__)}, not float32. Your function "
+                     f"made the number into a float64 array (xp.reshape or xp.asarray of a Python float does), which "
+                     f"turns everything it multiplies into float64. A Python number multiplies an array without "
+                     f"changing its dtype: keep it as it is. {hint}")
+
+
+def _results(out):
+    """A backward's results as a list: its tuple (or list), or the one array it returns."""
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 # ---------------------------------------------------------------------------------------

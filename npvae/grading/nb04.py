@@ -9,7 +9,9 @@
 - 04.2 ``gaussian_kl_backward(dkl, mu, logvar)`` -> (dmu, dlogvar): a gradient check of
   sum_n dkl_n KL_n against central differences, and a comparison with
   ``npvae.distributions.gaussian_kl_backward``; the 1/2 missing (or applied to dmu), the -1
-  missing, and dkl left out are named.
+  missing, and dkl left out are named. dkl may also be one number for every row (a Python float
+  or a 0-d array), as npvae's model passes it: ``nb03.check_one_number`` names a function that
+  fails on that form.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from .. import distributions as dist
 from ..backend import array_namespace, asarray
 from . import ExerciseFailed, call, compare, fail, gradient_check, host, inputs, passed
+from .nb03 import check_one_number
 
 GAUSSIAN_KL = "04.1"
 GAUSSIAN_KL_BACKWARD = "04.2"
@@ -174,5 +177,7 @@ def check_gaussian_kl_backward(gaussian_kl_backward):
     err_logvar = gradient_check(ex, total, logvar, dlogvar, "dlogvar")
     compare(ex, dmu, want_dmu, "dmu")
     compare(ex, dlogvar, want_dlogvar, "dlogvar")
+    check_one_number(ex, gaussian_kl_backward, dist.gaussian_kl_backward.textbook, "dkl", (mu, logvar),
+                     ("dmu", "dlogvar"))
     passed(ex, f"dmu and dlogvar match central differences (relative errors {err_mu:.0e}, "
-               f"{err_logvar:.0e}) and npvae's gaussian_kl_backward")
+               f"{err_logvar:.0e}) and npvae's gaussian_kl_backward; dkl may also be one number, as npvae passes it")
