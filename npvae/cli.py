@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--likelihood", choices=vae.LIKELIHOODS, default=None, help=f"default {m['likelihood']}")
     t.add_argument("--activation", choices=layers.ACTIVATIONS, default=None, help=f"default {m['activation']}")
     t.add_argument("--posterior", choices=vae.POSTERIORS, default=None,
-                   help=f"Q(z|x) with a diagonal covariance or a full one, Sigma = L L^T (default {m['posterior']})")
+                   help="Q(z|x) with a diagonal covariance, or a full one, Sigma = L L^T, with L scale-relative (full) "
+                        f"or plain (full-absolute) (default {m['posterior']})")
     t.add_argument("--optimizer", choices=optim.OPTIMIZERS, default=None, help=f"default {FIT['optimizer']}")
     t.add_argument("--lr", type=_positive_float, default=None, help=f"default {FIT['lr']:g}")
     t.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {FIT['batch_size']}")
