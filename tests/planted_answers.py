@@ -33,31 +33,20 @@ p = np.exp(log_joint - top)
 p = p / p.sum()
 return float(p @ (np.log(p) - np.log(q)))""",
     "07.1": """\
-dx = dout @ W.T
-dW = dout.T @ x
-db = xp.sum(dout, axis=0)
-return dx, dW, db""",
+x = cache
+self.dW[...] = dout.T @ x
+self.db[...] = xp.sum(dout, axis=0)
+return dout @ self.W.T if need_dx else None""",
     "07.2": """\
-m = beta1 * m + (1.0 - beta1) * grads
-v = beta2 * v + (1.0 - beta2) * grads * grads
-params = params - lr * m / (xp.sqrt(v) + eps)
-return params, m, v""",
+self.t += 1
+self.m[...] = self.beta1 * self.m + (1.0 - self.beta1) * grads
+self.v[...] = self.beta2 * self.v + (1.0 - self.beta2) * grads * grads
+self.params -= self.lr * self.m / (xp.sqrt(self.v) + self.eps)""",
     "07.3": """\
 log_p = dist.bernoulli_log_likelihood(x, logits)
 kl = dist.gaussian_kl(mu, logvar)
 return xp.sum(-log_p + beta * kl)""",
     "07.4": """\
-dense_backward, adam_step = mine["07.1"], mine["07.2"]
-
-def layer_backward(layer, dout, cache, need_dx=True):
-    dx, layer.dW, layer.db = dense_backward(dout, cache, layer.W)
-    return dx if need_dx else None
-
-def adam(opt, grads):
-    opt.t += 1
-    params, m, v = adam_step(opt.params, grads, opt.m, opt.v, opt.t, opt.lr, opt.beta1, opt.beta2, opt.eps)
-    opt.params[...], opt.m[...], opt.v[...] = params, m, v
-
 def per_row(upstream, like):
     xp = npvae.backend.array_namespace(like)
     return xp.zeros_like(like[:, 0]) + upstream if isinstance(upstream, (int, float)) else upstream
@@ -67,7 +56,7 @@ return {"distributions.reparameterize": mine["02.1"], "distributions.reparameter
         "distributions.bernoulli_log_likelihood_backward": lambda d, x, logits: mine["03.2"](per_row(d, logits), x, logits),
         "distributions.gaussian_kl": mine["04.1"],
         "distributions.gaussian_kl_backward": lambda d, mu, logvar: mine["04.2"](per_row(d, mu), mu, logvar),
-        "layers.Dense.backward": layer_backward, "optim.Adam.step": adam}""",
+        "layers.Dense.backward": mine["07.1"], "optim.Adam.step": npvae.optim.Adam.step.textbook}""",
     "08.1": """\
 class ELU:
     param_shapes = {}

@@ -1,22 +1,21 @@
 """Graders for notebook 07 (training and generation).
 
-- ``check_dense_backward(dense_backward)``, exercise 07.1: the backward of the affine layer
-  out = x @ W + b,
-
-      dx = dout @ W^T  (N, D_in),   dW = x^T @ dout  (D_in, D_out),   db = sum_n dout_n  (D_out,),
-
-  compared with ``npvae.layers.Dense``'s own backward on random inputs (a square W, where
-  dx = dout @ W has the right shape and only its values are wrong, and a non-square W, where a
-  transposed dW shows in its shape) and gradient-checked in float64 against central differences of f = sum(dout * (x @ W + b)).
-- ``check_adam_step(adam_step)``, exercise 07.2: one step of Adam (Kingma & Ba 2015,
-  Algorithm 1), run for several steps from m = v = 0 and compared at every step with
-  ``npvae.optim.Adam`` (params, m and v), once with the default hyperparameters and once with
-  others passed by keyword.
-
+- ``check_dense_backward(dense_backward)``, exercise 07.1: npvae's ``Dense.backward(self, dout,
+  cache, need_dx=True)`` written as a function, on real ``Dense`` layers whose dW and db are
+  views into ``FlatParameters``' gradient vector (holding a stale gradient): dx and the dW and
+  db written into those views are compared with npvae's own backward (a square W, where
+  dout @ W and a transposed dW show only in the values, and a non-square W), need_dx=False must
+  give None and still write dW and db, and the three are gradient-checked in float64 against
+  central differences of f = sum(dout * (x @ W + b)). An array bound to self.dW instead of
+  written into it, or added to it, is named.
+- ``check_adam_step(adam_step)``, exercise 07.2: npvae's ``Adam.step(self, grads)`` written as a
+  function, run for several steps on an ``optim.Adam`` from m = v = 0 and compared at every
+  step with npvae's own (self.t, self.params updated in place, self.m, self.v), once with the
+  default hyperparameters and once with others.
 - ``check_neg_elbo(neg_elbo)``, exercise 07.3: the batch -ELBO from its two terms (slide 17),
   compared with ``model.loss(x, eps, beta)`` on real digits (beta 1, 0.25 and 3).
-- ``check_capstone(my_replacements)``, exercise 07.4: npvae.replaced's functions made from the
-  student's 02.1-07.2 train ``npvae.fit`` (2 epochs, float32, same seed) to npvae's test -ELBO;
+- ``check_capstone(my_replacements)``, exercise 07.4: npvae.replaced's functions, the
+  student's 02.1-07.2, train ``npvae.fit`` (2 epochs, float32, same seed) to npvae's test -ELBO;
   when they do not, each is run alone to name the one that differs.
 
 Each recognises the common mistakes (a transposed dW, db not summed over the batch, Adam
@@ -25,12 +24,14 @@ without its bias correction, ...) and says what is wrong in words.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 from ..backend import asarray, get_backend
-from ..layers import Dense
+from ..layers import Dense, FlatParameters
 from ..optim import Adam
-from . import call, compare, fail, gradient_check, host, passed
+from . import ExerciseFailed, call, compare, fail, gradient_check, host, passed
 
 DENSE_EX = "07.1"
 ADAM_EX = "07.2"
@@ -38,71 +39,115 @@ GRAD_TOL = 1e-6  # a right backward gives about 1e-10 here
 
 
 # ---------------------------------------------------------------------------------------
-# 07.1: the backward of the Dense layer
+# 07.1: the backward of the Dense layer, npvae's Dense.backward(self, dout, cache, need_dx=True)
 # ---------------------------------------------------------------------------------------
-def _dense_reference(dout, x, W):
-    """(dx, dW, db) from npvae.layers.Dense's backward, on a layer given W (and b = 0: the
-    gradients do not depend on b)."""
-    be = get_backend()
+def _dense_layer(W, stale):
+    """A real npvae Dense layer with weights W, its W, b, dW and db views into the two flat
+    vectors of ``FlatParameters`` (float64), the gradient vector holding ``stale`` (a last
+    batch's gradient, so that a function that adds to it, or leaves it, shows)."""
     d_in, d_out = (int(s) for s in W.shape)
     layer = Dense(d_in, d_out)
-    layer.W, layer.b = W, be.zeros((d_out,), "float64")
-    layer.dW, layer.db = be.zeros((d_in, d_out), "float64"), be.zeros((d_out,), "float64")
-    dx = Dense.backward.textbook(layer, dout, x)  # writes layer.dW and layer.db, returns dx
-    return host(dx), host(layer.dW), host(layer.db)
-
-
-def _unpack_three(result):
-    if not (isinstance(result, (tuple, list)) and len(result) == 3):
-        fail(DENSE_EX, f"dense_backward should return the three gradients (dx, dW, db); got "
-                       f"{type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""))
-    return [host(a, DENSE_EX, name) for a, name in zip(result, ("dx", "dW", "db"))]
+    flat = FlatParameters([("layer", layer)], seed=0, dtype="float64")
+    layer.W[...] = W
+    flat.grads[...] = stale
+    return layer, flat
 
 
 def _close(a, b):
     return a.shape == b.shape and np.all(np.isfinite(a)) and np.allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
+class _Slot:
+    """Stands in for a layer's dW or db: keeps what is written into it (slot[...] = value), whatever its shape."""
+
+    value = None
+
+    def __setitem__(self, key, value):
+        self.value = value
+
+
+def _name_a_wrong_shape(dense_backward, dout, x, W, b, n, d_in, d_out):
+    """The student's function raised on a real layer: run it once more on a stand-in whose dW and
+    db take any shape, and fail naming a dW or db of the wrong shape (else return: the error stands)."""
+    probe = types.SimpleNamespace(W=W, b=b, dW=_Slot(), db=_Slot(), in_dim=d_in, out_dim=d_out)
+    try:
+        call(DENSE_EX, dense_backward, probe, dout, x)
+    except ExerciseFailed:
+        return
+    dW, db = (slot.value if isinstance(slot, _Slot) else slot for slot in (probe.dW, probe.db))
+    dW_shape, db_shape = (None if a is None else tuple(host(a).shape) for a in (dW, db))
+    if dW_shape == (d_out, d_in) and d_in != d_out:
+        fail(DENSE_EX, f"dW has the shape of W^T, ({d_out}, {d_in}): it is dout^T @ x, transposed; dW must have W's "
+                       f"shape ({d_in}, {d_out}) (x is ({n}, {d_in}), dout ({n}, {d_out}))")
+    if db_shape == (n, d_out):
+        fail(DENSE_EX, f"db should be summed over the batch: b is added to every row, so db has b's shape ({d_out},); "
+                       f"you wrote an array of shape {db_shape}")
+    if db_shape == (n,):
+        fail(DENSE_EX, f"db is summed over the wrong axis: sum over the N rows (axis=0), which gives b's shape "
+                       f"({d_out},), not over the outputs (axis=1)")
+
+
 def _check_dense_case(dense_backward, n, d_in, d_out, seed):
-    """Fail, naming the mistake, unless the student's (dx, dW, db) are right for one random case; returns the
-    largest gradient-check error, or None when W is square and dW is transposed (left to a non-square case)."""
-    dout, x, W, b = _inputs_dense(seed, n, d_in, d_out)
-    dxh, dWh, dbh = _unpack_three(call(DENSE_EX, dense_backward, dout, x, W))
-    want_dx, want_dW, want_db = _dense_reference(dout, x, W)
-    douth, Wh = host(dout), host(W)
+    """Fail, naming the mistake, unless the student's function writes the right dW and db into a
+    real layer and returns the right dx (and None with need_dx=False) for one random case;
+    returns the largest gradient-check error."""
+    dout, x, W, b, stale = _inputs_dense(seed, n, d_in, d_out)
+    reference, _ = _dense_layer(W, stale)
+    want_dx = host(Dense.backward.textbook(reference, dout, x))
+    want_dW, want_db = host(reference.dW), host(reference.db)
+    layer, flat = _dense_layer(W, stale)
+    dW_view, db_view, params = layer.dW, layer.db, np.array(host(flat.params))
+    stale_dW, stale_db = np.array(host(dW_view)), np.array(host(db_view))
+    try:
+        dx = call(DENSE_EX, dense_backward, layer, dout, x)
+    except ExerciseFailed:
+        _name_a_wrong_shape(dense_backward, dout, x, W, b, n, d_in, d_out)
+        raise
     shapes = f"x ({n}, {d_in}), W ({d_in}, {d_out}), dout ({n}, {d_out})"
+    if not np.array_equal(host(flat.params), params):
+        fail(DENSE_EX, "your function changed the layer's W (or b): backward only reads them; the optimizer changes them")
+    for name, view in (("dW", dW_view), ("db", db_view)):
+        if getattr(layer, name) is not view:
+            fail(DENSE_EX, f"you bound a new array to self.{name} (self.{name} = ...): write into the layer's own, "
+                           f"self.{name}[...] = ... (self.{name} is a view of the model's gradient vector, which the "
+                           f"optimizer reads; it still holds the last batch's gradient)")
+    if isinstance(dx, (tuple, list)):
+        fail(DENSE_EX, "return dx alone, as npvae's Dense.backward does: dW and db go into self.dW and self.db")
+    dxh, dWh, dbh = host(dx, DENSE_EX, "dx"), host(dW_view), host(db_view)
 
     # dx = dout @ W^T; dout @ W has the right shape only when W is square.
     if not _close(dxh, want_dx):
-        if d_in == d_out and _close(dxh, douth @ Wh):
+        if d_in == d_out and _close(dxh, host(dout) @ host(W)):
             fail(DENSE_EX, "dx is dout @ W: it should be dout @ W^T (out_nj = sum_i x_ni W_ij, so "
                            "dL/dx_ni = sum_j dout_nj W_ij)")
         compare(DENSE_EX, dxh, want_dx, f"dx (with {shapes}; dx = dout @ W^T)")
 
-    # db = sum over the batch of dout.
+    for name, got, want, old in (("dW", dWh, want_dW, stale_dW), ("db", dbh, want_db, stale_db)):
+        if not _close(got, want) and _close(got, old + want):
+            fail(DENSE_EX, f"your function adds to what self.{name} held (self.{name} += ...): it holds the last "
+                           f"batch's gradient; assign, self.{name}[...] = ...")
     if not _close(dbh, want_db):
-        if dbh.shape == (n, d_out):
-            fail(DENSE_EX, f"db should be summed over the batch: b is added to every row, so db = sum_n dout_n, "
-                           f"of b's shape ({d_out},); you returned {dbh.shape}")
-        if dbh.shape == (n,) and n != d_out:
-            fail(DENSE_EX, "db is summed over the wrong axis: sum over the N rows (axis=0), which gives b's shape "
-                           f"({d_out},), not over the outputs (axis=1)")
         if _close(dbh, want_db / n):
             fail(DENSE_EX, "db is the mean of dout over the batch; it is the sum, db = sum_n dout_n (b is added to "
                            "every row, and the loss's 1/N is already inside dout)")
         compare(DENSE_EX, dbh, want_db, f"db (with {shapes}; db = sum_n dout_n)")
-
-    # dW, last: the commonest mistake is dout^T @ x, which is dW transposed.
     if not _close(dWh, want_dW):
-        if dWh.shape == (d_out, d_in) and d_in != d_out:
-            fail(DENSE_EX, f"dW has the shape of W^T: use x^T @ dout (with {shapes}, dW must have W's shape "
-                           f"({d_in}, {d_out}); you returned {dWh.shape}, which is dout^T @ x)")
-        if d_in == d_out and _close(dWh, want_dW.T):
-            return None  # dW transposed: the case with a non-square W says so by its shape
+        if _close(dWh, want_dW.T):
+            fail(DENSE_EX, "dW is transposed: you computed dout^T @ x; dW = x^T @ dout, of W's shape (D_in, D_out) "
+                           "(here W is square, so the shapes did not tell)")
         if _close(dWh, want_dW / n):
             fail(DENSE_EX, "dW is divided by the batch size: the layer's gradient is the sum over the rows, "
                            "dW = x^T @ dout (the loss's 1/N is already inside dout)")
         compare(DENSE_EX, dWh, want_dW, f"dW (with {shapes}; dW = x^T @ dout)")
+
+    # need_dx=False (a first layer: the data x needs no gradient): None, and dW and db all the same.
+    layer, _ = _dense_layer(W, stale)
+    if call(DENSE_EX, dense_backward, layer, dout, x, need_dx=False) is not None:
+        fail(DENSE_EX, "with need_dx=False return None: the first layer's input is the data, which needs no gradient, "
+                       "and skipping dx = dout @ W^T saves a third of the layer's work")
+    if not (_close(host(layer.dW), want_dW) and _close(host(layer.db), want_db)):
+        fail(DENSE_EX, "with need_dx=False dW and db are still needed (the layer's parameters learn): write them, "
+                       "skip only dx")
 
     # The same three against central differences of f = sum(dout * (x @ W + b)), in float64.
     xp = get_backend().xp
@@ -110,24 +155,25 @@ def _check_dense_case(dense_backward, n, d_in, d_out, seed):
     def f():
         return float(xp.sum(dout * (x @ W + b)))
 
-    errs = [gradient_check(DENSE_EX, f, a, g, f"{name} (gradient check)", rtol=GRAD_TOL)
-            for a, g, name in ((x, dxh, "dx"), (W, dWh, "dW"), (b, dbh, "db"))]
-    return max(errs)
+    return max(gradient_check(DENSE_EX, f, a, g, f"{name} (gradient check)", rtol=GRAD_TOL)
+               for a, g, name in ((x, dxh, "dx"), (W, dWh, "dW"), (b, dbh, "db")))
 
 
 def _inputs_dense(seed, n, d_in, d_out):
+    """dout, x, W, b and a stale gradient vector (the layer's last dW and db), float64 on the backend."""
     rng = np.random.default_rng(seed)
     return [asarray(rng.uniform(-2.0, 2.0, size=shape), dtype="float64")
-            for shape in ((n, d_out), (n, d_in), (d_in, d_out), (d_out,))]
+            for shape in ((n, d_out), (n, d_in), (d_in, d_out), (d_out,), (d_in * d_out + d_out,))]
 
 
 def check_dense_backward(dense_backward):
-    """Grade exercise 07.1: ``dense_backward(dout, x, W)`` returns (dx, dW, db) of out = x @ W + b."""
-    errs = [_check_dense_case(dense_backward, 4, 3, 3, seed=702),    # W square: dout @ W shows only in the values
-            _check_dense_case(dense_backward, 5, 4, 3, seed=701)]    # W not square: a transposed dW shows in its shape
-    err = max(e for e in errs if e is not None)
-    passed(DENSE_EX, f"dx = dout @ W^T, dW = x^T @ dout, db = sum_n dout_n equal npvae's Dense.backward "
-                     f"(W 3 x 3 and 4 x 3); gradient check in float64: relative error {err:.1e} (bound {GRAD_TOL:g})")
+    """Grade exercise 07.1: ``dense_backward(self, dout, cache, need_dx=True)``, npvae's
+    Dense.backward: writes dW and db into the layer ``self``, returns dx (None without need_dx)."""
+    err = max(_check_dense_case(dense_backward, 4, 3, 3, seed=702),    # W square: dout @ W, dW^T show only in values
+              _check_dense_case(dense_backward, 5, 4, 3, seed=701))    # W not square
+    passed(DENSE_EX, f"dx, and the dW and db written into the layer's own arrays, equal npvae's Dense.backward "
+                     f"(W 3 x 3 and 4 x 3; None with need_dx=False); gradient check in float64: relative error "
+                     f"{err:.1e} (bound {GRAD_TOL:g})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,9 +228,9 @@ def _swapped(p, g, m, v, t, lr, b1, b2, eps):
     return p - lr * (m1 / (1 - b2**t)) / (np.sqrt(v1 / (1 - b1**t)) + eps), m1, v1
 
 
-def _adam_run(adam_step, what, hyper, pass_hyper, seed):
-    """Several steps of the student's adam_step against npvae.optim.Adam; returns the largest
-    relative difference in params."""
+def _adam_run(adam_step, what, hyper, seed):
+    """Several steps of the student's adam_step on an optim.Adam object against npvae's own
+    Adam.step on another; returns the largest relative difference in params."""
     be = get_backend()
     rng = np.random.default_rng(seed)
     size, steps = 12, 6
@@ -194,22 +240,29 @@ def _adam_run(adam_step, what, hyper, pass_hyper, seed):
     grads = [rng.standard_normal(size) * scales for _ in range(steps)]
 
     lr, b1, b2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
-    # Adam updates its params in place: it gets its own copy (asarray may return p0 itself)
-    ref = Adam(be.asarray(p0.copy(), dtype="float64"), lr=lr, betas=(b1, b2), eps=eps)
-    p, m, v = (be.asarray(a, dtype="float64") for a in (p0.copy(), np.zeros(size), np.zeros(size)))
+    # each Adam updates its params in place: each gets its own copy (asarray may return p0 itself)
+    ref, opt = (Adam(be.asarray(p0.copy(), dtype="float64"), lr=lr, betas=(b1, b2), eps=eps) for _ in range(2))
+    params = opt.params
     worst = 0.0
     for t in range(1, steps + 1):
         g = be.asarray(grads[t - 1], dtype="float64")
-        ph, mh, vh = (np.array(host(a)) for a in (p, m, v))  # the state the step starts from, copied
-        result = call(ADAM_EX, adam_step, p, g, m, v, t, **(hyper if pass_hyper else {}))
-        if not (isinstance(result, (tuple, list)) and len(result) == 3):
-            fail(ADAM_EX, f"adam_step should return (params, m, v), the three updated arrays; got {type(result).__name__}")
-        got = [np.array(host(a, ADAM_EX, name)) for a, name in zip(result, ("params", "m", "v"))]
+        ph, mh, vh = (np.array(host(a)) for a in (opt.params, opt.m, opt.v))  # the state the step starts from
+        call(ADAM_EX, adam_step, opt, g)
+        if opt.params is not params:
+            fail(ADAM_EX, "you bound a new array to self.params (self.params = ...): update it in place, self.params "
+                          "-= ... or self.params[...] = ...; it is the model's parameter vector, whose views are the "
+                          "layers' W and b, so a new array is never seen by the model")
+        if opt.t != t:
+            fail(ADAM_EX, "count the step: self.t is the number of steps taken, so add 1 (self.t += 1) before using "
+                          "it, t = 1 at the first step" if opt.t == t - 1 else
+                          f"self.t should be {t} after step {t}, got {opt.t}: add 1 once per step")
+        got = [np.array(host(a, ADAM_EX, f"self.{name}")) for a, name in ((opt.params, "params"), (opt.m, "m"),
+                                                                           (opt.v, "v"))]
         Adam.step.textbook(ref, g)
         want = [np.array(host(a)) for a in (ref.params, ref.m, ref.v)]
         for a, b_, name in zip(got, want, ("params", "m", "v")):
             if a.shape != b_.shape:
-                fail(ADAM_EX, f"{name} ({what}, step t = {t}): expected shape {b_.shape}, got {a.shape}")
+                fail(ADAM_EX, f"self.{name} ({what}, step t = {t}): expected shape {b_.shape}, got {a.shape}")
         if not all(_close(a, b_) for a, b_ in zip(got, want)):
             if _close(got[2], b2 * vh + (1 - b2) * grads[t - 1]):
                 fail(ADAM_EX, f"v is a running mean of the squared gradient: v <- beta2 v + (1 - beta2) g^2 "
@@ -217,7 +270,7 @@ def _adam_run(adam_step, what, hyper, pass_hyper, seed):
             if t == 1 and not np.all(np.isfinite(got[0])) and _close(got[1], want[1]) and _close(got[2], want[2]):
                 fail(ADAM_EX, f"params has NaN or inf entries after the first step ({what}): t counts from 1, so at "
                               f"t = 1 the corrections divide by 1 - beta1 and 1 - beta2; a NaN here usually means "
-                              f"1 - beta^0 = 0 (t - 1 used for t)")
+                              f"1 - beta^0 = 0 (self.t used before self.t += 1)")
             for message, *candidate in _adam_candidates(ph, grads[t - 1], mh, vh, t, lr, b1, b2, eps):
                 if message and all(_close(a, c) for a, c in zip(got, candidate)) and \
                         not all(_close(c, w) for c, w in zip(candidate, want)):
@@ -226,28 +279,28 @@ def _adam_run(adam_step, what, hyper, pass_hyper, seed):
             if _close(got[0], right[0]):
                 mt, vt = right[1] / (1 - b1**t), right[2] / (1 - b2**t)
                 if _close(got[1], mt) or _close(got[2], vt):
-                    fail(ADAM_EX, f"return m and v themselves, not the bias-corrected m_hat and v_hat: the next step "
-                                  f"builds on m and v ({what}, step t = {t})")
-            if pass_hyper and _close(got[0], _adam_candidates(ph, grads[t - 1], mh, vh, t, 1e-3, 0.9, 0.999, 1e-8)[0][1]):
-                fail(ADAM_EX, f"adam_step ignores the hyperparameters it is given: with lr={lr}, beta1={b1}, "
-                              f"beta2={b2}, eps={eps} it made the step of the defaults; use the arguments, not constants")
+                    fail(ADAM_EX, f"keep m and v themselves in self.m and self.v, not the bias-corrected m_hat and "
+                                  f"v_hat: the next step builds on m and v ({what}, step t = {t})")
+            if _close(got[0], _adam_candidates(ph, grads[t - 1], mh, vh, t, 1e-3, 0.9, 0.999, 1e-8)[0][1]):
+                fail(ADAM_EX, f"adam_step ignores the hyperparameters of the optimizer: with self.lr={lr}, "
+                              f"self.beta1={b1}, self.beta2={b2}, self.eps={eps} it made the step of the defaults; "
+                              f"use self.lr, self.beta1, self.beta2 and self.eps, not constants")
             for a, b_, name in zip(got, want, ("params", "m", "v")):
-                compare(ADAM_EX, a, b_, f"{name} after step t = {t} ({what}), against npvae.optim.Adam")
+                compare(ADAM_EX, a, b_, f"self.{name} after step t = {t} ({what}), against npvae.optim.Adam")
         worst = max(worst, float(np.max(np.abs(got[0] - want[0]) / (np.abs(want[0]) + 1e-12))))
-        p, m, v = (be.asarray(a, dtype="float64") for a in got)
     return worst
 
 
 def check_adam_step(adam_step):
-    """Grade exercise 07.2: ``adam_step(params, grads, m, v, t, lr, beta1, beta2, eps)`` returns
-    (params, m, v) after one step of Adam, t = 1 at the first step."""
+    """Grade exercise 07.2: ``adam_step(self, grads)``, npvae's Adam.step: one step of Adam on the
+    optim.Adam object ``self`` (self.t counts it; self.params, self.m, self.v updated in place)."""
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
     others = {"lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-4}
-    worst = max(_adam_run(adam_step, "the default hyperparameters", defaults, pass_hyper=False, seed=721),
+    worst = max(_adam_run(adam_step, "the default hyperparameters", defaults, seed=721),
                 _adam_run(adam_step, f"lr={others['lr']}, beta1={others['beta1']}, beta2={others['beta2']}, "
-                                     f"eps={others['eps']}", others, pass_hyper=True, seed=722))
-    passed(ADAM_EX, f"6 steps from m = v = 0 equal npvae.optim.Adam (params, m and v; the defaults and other "
-                    f"hyperparameters); largest relative difference in params {worst:.1e}")
+                                     f"eps={others['eps']}", others, seed=722))
+    passed(ADAM_EX, f"6 steps from m = v = 0 equal npvae.optim.Adam's (self.params, self.m and self.v; the "
+                    f"defaults and other hyperparameters); largest relative difference in params {worst:.1e}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,12 +374,13 @@ YOURS = {  # the name npvae.replaced knows -> the exercise whose function it run
 # sits between, with room for other BLAS libraries and GPUs: 1e-3 relative.
 CAPSTONE_RTOL = 1e-3
 HINTS = {
-    "layers.Dense.backward": "write dW and db into the layer's own arrays, layer.dW[...] = dW and layer.db[...] = db "
+    "layers.Dense.backward": "write dW and db into the layer's own arrays, self.dW[...] = ... and self.db[...] = ... "
                              "(they are views of the model's gradient vector, which the optimizer reads; an array "
-                             "bound to layer.dW instead is never seen), and return dx only when need_dx",
-    "optim.Adam.step": "count the step (opt.t += 1 before your adam_step, which wants t = 1 at the first step), "
-                       "pass opt.lr, opt.beta1, opt.beta2 and opt.eps, and write the results into opt.params, opt.m "
-                       "and opt.v in place (opt.params[...] = params: it is the model's parameter vector)",
+                             "bound to self.dW instead is never seen), and return dx only when need_dx; exercise "
+                             "07.1's grader says more",
+    "optim.Adam.step": "count the step (self.t += 1 first, t = 1 at the first step), use self.lr, self.beta1, "
+                       "self.beta2 and self.eps, and update self.params in place (self.params -= ...: it is the "
+                       "model's parameter vector); exercise 07.2's grader says more",
 }
 
 
