@@ -77,6 +77,19 @@ def replace_solutions(source, replacement):
     return "\n".join(lines)
 
 
+def setup_notebook():
+    """What every notebook's setup cell does: turn npvae's textbook code on for the rest of the
+    session (``npvae.textbook()``: the code you read is the code that runs, in ``npvae.fit``'s
+    training too), print one line naming the array backend (``NPVAE_BACKEND``), and return its
+    array namespace ``xp`` (NumPy, or array_api_strict)."""
+    from . import backend, replaceable
+
+    replaceable.textbook()
+    active = backend.get_backend()
+    print(f"npvae backend: {active.name} (the textbook code)")
+    return active.xp
+
+
 def student_copy(nb, only=None):
     """A copy of the notebook ``nb`` (nbformat) with every solution replaced by a stub; with
     ``only`` (exercise ids), only those exercises' solutions (a student who skipped them)."""

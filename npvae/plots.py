@@ -632,8 +632,7 @@ def plot_latent_comparison(panels, labels_test, labels_train, path=None, dpi=DPI
                                             edgecolors="none"))
         half = zoom / 2
         ax.set(xlim=(c[0] - half, c[0] + half), ylim=(c[1] - half, c[1] + half), aspect="equal", xlabel="z1",
-               ylabel="z2", title=f"Zoom ({zoom:g} x {zoom:g}): each training example's Q(z|x) as a 2-sigma "
-                                  f"ellipse\n{name}")
+               ylabel="z2", title=f"Zoom, {name}:\neach Q(z|x) as a 2-sigma ellipse ({zoom:g} x {zoom:g})")
     fig.colorbar(sc, ax=axes[0, :], ticks=range(10), label="class", shrink=0.8)
     return _finish(fig, path, dpi)
 

@@ -71,11 +71,10 @@ def test_each_grader_passes_after_a_restart(path):
 
 # --- 2. real nbgrader: a release without solutions, autograde's scores ------------------------------
 ASSIGNMENT = "vae"
-# autograde runs whole notebooks, twice (the solutions, the untouched release). Measured on 2
-# shared CPU cores: 02 3 s, 03 4 s, 04 8 s, 07 18 s, 08 2 s each time (all five: 85 s in all). So
-# the release is made from every notebook with exercises, and autograde runs these three,
-# whose seven exercises (02.1-2, 03.1-3, 08.1-2) take about 30 s with nbgrader's own start-up.
-AUTOGRADED = ("02", "03", "08")
+# autograde runs whole notebooks, twice (the solutions, the untouched release), every notebook
+# with exercises: 07's capstone grader reads 02-04's exercises from the same folder. Measured on
+# 2 shared CPU cores: this test took about 30 s with 02, 03, 08 only, 110-140 s with all six (not yet offset by a saving in test_notebooks.py).
+AUTOGRADED = ("02", "03", "04", "06", "07", "08")
 
 
 def nbgrader_installed():
@@ -172,6 +171,7 @@ def test_nbgrader_releases_no_solutions_and_autograde_scores_them(tmp_path):
             notebook = name.removesuffix(".ipynb")
             full = gb.find_submission_notebook(notebook, ASSIGNMENT, "solutions")
             untouched = gb.find_submission_notebook(notebook, ASSIGNMENT, "untouched")
-            assert full.max_score >= 2 and full.score == full.max_score, \
+            exercises = len(exercises_and_graders(read_notebook(NOTEBOOK_DIR / name)))  # 06 has one
+            assert full.max_score >= exercises >= 1 and full.score == full.max_score, \
                 f"{name}: the solutions scored {full.score} of {full.max_score}"
             assert untouched.score == 0, f"{name}: the untouched release scored {untouched.score} of {untouched.max_score}"

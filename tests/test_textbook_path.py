@@ -102,8 +102,10 @@ def test_the_math_test_modules_are_named_and_exist():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_every_notebook_turns_the_textbook_on_in_its_setup_cell(path):
+    """The setup cell calls npvae.exercises.setup_notebook(), which calls npvae.textbook()
+    (tests/test_notebook_setup.py checks that it does, and the next test that it holds)."""
     first = next(c for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code")
-    assert any(line.startswith("npvae.textbook()  #") for line in first.source.splitlines())
+    assert any(line.startswith("xp = setup_notebook()  #") for line in first.source.splitlines())
 
 
 @fast_on
