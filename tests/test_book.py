@@ -13,12 +13,14 @@ equations and figures are written beside the site, and their paths printed.
 With CI=true a missing tool (the [book] extra, chromium) fails the test; elsewhere it skips.
 """
 
+import contextlib
 import html
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from functools import partial
@@ -28,10 +30,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from npvae import book
+from npvae import book, cli
 
-pytestmark = pytest.mark.slow
-CI = os.environ.get("CI", "").lower() == "true"
+CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")  # as tests/test_nbgrader.py
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 PAGE_TIMEOUT_S = 120
 WIDTH = 1280  # a laptop's window; the text column is about 800 px of it
@@ -80,8 +81,10 @@ def say(request, text):
 
 
 def needs(what):
-    """Fail in CI, where the test is meant to run; skip elsewhere."""
-    (pytest.fail if CI else pytest.skip)(f"needs {what}")
+    """Fail in CI, where .ci/run installs the tools so that the test runs; skip elsewhere."""
+    if CI:
+        pytest.fail(f"needs {what}, and CI is set: .ci/run installs it so that this test runs")
+    pytest.skip(f"needs {what}")
 
 
 class Server(SimpleHTTPRequestHandler):
@@ -119,40 +122,93 @@ class Server(SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-@pytest.fixture(scope="module")
-def site(request, tmp_path_factory):
-    """Build the book once; serve it on 127.0.0.1; yield (html folder, base URL, chromium command)."""
+def tools():
+    """Fail or skip (see needs) unless the [book] extra and chromium are installed."""
     if book.missing():
         needs(f"the [book] extra ({', '.join(book.missing())}): pip install -e '.[book]'")
     if CHROMIUM is None:
         needs("chromium (Debian: apt-get install chromium)")
-    out = Path(os.environ.get("NPVAE_BOOK_DIR") or tmp_path_factory.mktemp("book"))
-    start = time.perf_counter()
-    book.build(out)
-    built_s = time.perf_counter() - start
-    html_dir = out / "html"
-    Server.site = html_dir
+
+
+@contextlib.contextmanager
+def serve(html_dir, profile):
+    """Serve html_dir on 127.0.0.1; yield (base URL, the chromium command that browses it)."""
+    Server.site = Path(html_dir)
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Server, directory=str(html_dir)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    profile = tmp_path_factory.mktemp("chromium-profile")
     chromium = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-extensions", "--no-default-browser-check", f"--user-data-dir={profile}",
                 f"--proxy-server=http://127.0.0.1:{port}",  # other hosts: to Server, which refuses them
                 f"--window-size={WIDTH},1600", "--hide-scrollbars", "--virtual-time-budget=60000"]
+    try:
+        yield f"http://127.0.0.1:{port}/", chromium
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def check_page(chromium, url):
+    """What CHECKER found on the page at url (a dict), or None if it did not finish."""
+    dom = subprocess.run(chromium + ["--dump-dom", url], capture_output=True, text=True,
+                         timeout=PAGE_TIMEOUT_S).stdout
+    match = re.search(r'<pre id="npvae-check"[^>]*>(.*?)</pre>', dom, re.S)
+    return json.loads(html.unescape(match.group(1))) if match else None
+
+
+@pytest.fixture(scope="module")
+def site(request, tmp_path_factory):
+    """Build the book once; serve it on 127.0.0.1; yield (html folder, base URL, chromium command, build folder)."""
+    tools()
+    out = Path(os.environ.get("NPVAE_BOOK_DIR") or tmp_path_factory.mktemp("book"))
+    start = time.perf_counter()
+    book.build(out)
+    built_s = time.perf_counter() - start
+    html_dir = out / "html"
     size = sum(f.stat().st_size for f in html_dir.rglob("*") if f.is_file())
     say(request, f"\nbook: built in {built_s:.0f} s, {size / 2**20:.1f} MB in {html_dir}")
-    yield html_dir, f"http://127.0.0.1:{port}/", chromium, out
-    server.shutdown()
-    server.server_close()
+    with serve(html_dir, tmp_path_factory.mktemp("chromium-profile")) as (base, chromium):
+        yield html_dir, base, chromium, out
+
+
+def test_without_the_book_extra_npvae_book_says_in_one_line_what_to_install(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(book.NEEDS, "npvae_no_such_module", "no-such-package")
+    assert cli.main(["book", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("npvae book: error: needs ") \
+        and "no-such-package" in err and "pip install 'npvae[book]'" in err, err
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize("ci, outcome", [(False, pytest.skip.Exception), (True, pytest.fail.Exception)])
+def test_a_missing_tool_fails_under_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
+    monkeypatch.setattr(sys.modules[__name__], "CI", ci)
+    with pytest.raises(outcome, match="needs chromium"):
+        needs("chromium")
+
+
+@pytest.mark.slow
+def test_the_browser_check_sees_a_cdn_load_raw_tex_and_a_broken_image(tmp_path):
+    """The check itself can fail: a page that loads MathJax from a CDN, shows raw TeX and a missing
+    image, without alt text, is caught on each count (and the CDN is never reached)."""
+    tools()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "page.html").write_text(
+        '<html><head><script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script></head>'
+        '<body><span class="math">\\(x^2\\)</span><img src="_images/none.png"></body></html>')
+    with serve(tmp_path / "site", tmp_path / "profile") as (base, chromium):
+        r = check_page(chromium, base + "page.html")
+    assert r is not None, "the check script did not finish"
+    assert r["outside"] and "cdn.jsdelivr.net" in r["outside"][0], r
+    assert r["raw"] == ["\\(x^2\\)"] and r["broken"] == ["_images/none.png"] and r["no_alt"] == ["_images/none.png"], r
 
 
 def pages(html_dir):
     return sorted(p.name for p in html_dir.glob("*.html"))
 
 
+@pytest.mark.slow
 def test_every_notebook_has_a_page_and_the_index_links_them(site):
     html_dir = site[0]
     index = (html_dir / "index.html").read_text(encoding="utf-8")
@@ -162,6 +218,7 @@ def test_every_notebook_has_a_page_and_the_index_links_them(site):
     assert "How they map onto the lecture" in index, "the index should hold the README's lecture map"
 
 
+@pytest.mark.slow
 def test_every_local_link_resolves(site):
     html_dir = site[0]
     ids = {name: set(re.findall(r'\sid="([^"]+)"', (html_dir / name).read_text(encoding="utf-8")))
@@ -181,6 +238,7 @@ def test_every_local_link_resolves(site):
     assert not bad, f"{len(bad)} local links do not resolve: {bad[:10]}"
 
 
+@pytest.mark.slow
 def test_every_page_in_chromium_math_typeset_images_loaded_nothing_from_another_host(site, request):
     html_dir, base, chromium, out = site
     Server.served.clear()
@@ -188,14 +246,12 @@ def test_every_page_in_chromium_math_typeset_images_loaded_nothing_from_another_
     found, failures = {}, []
     start = time.perf_counter()
     for name in pages(html_dir):
-        dom = subprocess.run(chromium + ["--dump-dom", base + name], capture_output=True, text=True,
-                             timeout=PAGE_TIMEOUT_S).stdout
-        match = re.search(r'<pre id="npvae-check"[^>]*>(.*?)</pre>', dom, re.S)
-        if not match:
+        r = check_page(chromium, base + name)
+        if r is None:
             failures.append(f"{name}: the check script did not finish")
             continue
-        r = found[name] = json.loads(html.unescape(match.group(1)))
-        for key in ("raw", "broken", "outside"):
+        found[name] = r
+        for key in ("raw", "broken", "outside", "no_alt"):
             if r[key]:
                 failures.append(f"{name}: {len(r[key])} {key}: {r[key][:3]}")
         if r["tex_errors"] or "mathjax_error" in r:
