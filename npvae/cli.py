@@ -147,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the notebooks are (default: notebooks/ of this checkout)")
     x_.add_argument("--overwrite", action="store_true", help="replace notebooks already in DIR")
 
+    b = sub.add_parser(
+        "book", help="build the notebooks, executed, as a static website (needs the [book] extra)",
+        description="Executes every notebook and builds a website of them into DIR/html (open "
+        "DIR/html/index.html); fails on any cell error or Sphinx warning. Nothing on its pages loads "
+        "from another host.",
+    )
+    b.add_argument("dir", metavar="DIR", help="the build folder (the site goes into DIR/html)")
+    b.add_argument("--notebooks", default=None, metavar="FOLDER",
+                   help="where the notebooks are (default: notebooks/ of this checkout)")
+
     g = sub.add_parser(
         "gradcheck",
         help="check a model's hand-written gradient against central differences",
@@ -635,8 +645,15 @@ def cmd_exercises(args) -> int:
     return 0
 
 
+def cmd_book(args) -> int:
+    from .book import build
+
+    build(args.dir, args.notebooks)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "info": cmd_info,
-            "exercises": cmd_exercises,
+            "exercises": cmd_exercises, "book": cmd_book,
             "gradcheck": cmd_gradcheck}
 
 
