@@ -7,6 +7,8 @@ a failed check cell, fails the test with nbclient's ``CellExecutionError``, whic
 cell's source and its traceback.
 """
 
+import re
+
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -47,13 +49,30 @@ def test_notebook_follows_the_conventions(path):
         assert lines and lines[0].startswith("#"), \
             f"code cell {i}: expected a first line '# what this cell does', got {lines[:1]}"
 
+    # Headings go down one level at a time (the book, `npvae book`, refuses H1 -> H3), and sections are numbered
+    # in order ("## 1.", "## 2.", ...).
+    level, numbers = 0, []
+    for i, cell in enumerate(markdown):
+        fenced = False
+        for line in cell.source.splitlines():
+            fenced ^= line.startswith("```")
+            heading = re.match(r"(#+) (\d+\.)?", line)
+            if heading and not fenced:
+                assert len(heading.group(1)) <= level + 1, f"markdown cell {i}: heading jumps from H{level} to {line!r}"
+                level = len(heading.group(1))
+                if level == 2 and heading.group(2):
+                    numbers.append(int(heading.group(2)[:-1]))
+    assert numbers == list(range(1, len(numbers) + 1)), f"sections numbered {numbers}, expected 1, 2, 3, ..."
+
     # The lecture's equations are stated in LaTeX display math.
     assert sum(c.source.count("$$") for c in markdown) >= 2, "expected at least one $$ ... $$ equation"
 
-    # It ends with a short exercise.
-    last = nb.cells[-1]
+    # It ends with a short exercise, "Try it", and after it at most a "Going further" section (the detours).
+    going = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Going further")]
+    assert len(going) <= 1, "expected at most one '## Going further' section"
+    last = nb.cells[going[0] - 1] if going else nb.cells[-1]
     assert last.cell_type == "markdown" and "try it" in last.source.lower(), \
-        "the last cell should be a markdown 'Try it' exercise"
+        "the last cell (before '## Going further', if any) should be a markdown 'Try it' exercise"
 
 
 @pytest.mark.slow
