@@ -292,7 +292,7 @@ class RelativeGaussianPosterior(NamedTuple):
     The fields are the heads' outputs: mu (N, Z), log_diag s (N, Z) and unit_lower u (N, K), the
     entries of U below its diagonal, row by row, so L_ii = exp(s_i) and L_ij = u_ij exp(s_j)
     (``distributions.relative_lower``). The u head starts at zero (``zero_init``): the model
-    starts as a diagonal one. Everything is computed by ``absolute``, the same Gaussian as a
+    starts as a diagonal one; its output is scaled by 0.1 (``head_scale``). Everything is computed by ``absolute``, the same Gaussian as a
     ``GaussianPosterior``; the backward passes go through it, then through the map (s, u) -> lower.
     """
 
@@ -300,6 +300,11 @@ class RelativeGaussianPosterior(NamedTuple):
     log_diag: object
     unit_lower: object
     zero_init = ("unit_lower",)  # the heads whose W and b start at 0
+    # u = 0.1 (h @ W + b). Adam moves every weight by about lr a step whatever its gradient's size, so
+    # this is the u head's learning rate / 10: at full speed the correlations move faster than the
+    # decoder can follow (Z = 20, 10 epochs: log p(x) 2.9 nats behind the diagonal model, 1.2 with
+    # the 0.1; benchmarks/RESULTS.md, Step 12).
+    head_scale = {"unit_lower": 0.1}
 
     widths = staticmethod(GaussianPosterior.widths)
 
@@ -377,16 +382,20 @@ class GaussianHead:
         zero = getattr(family, "zero_init", ())
         self.layers = {name: (ZeroDense if name in zero else Dense)(h_dim, width)
                        for name, width in zip(family._fields, family.widths(z_dim))}
+        scale = getattr(family, "head_scale", {})  # a field's output times a constant: c (h @ W + b)
+        self.scales = [scale.get(name, 1.0) for name in family._fields]
 
     def forward(self, h):
         """h (N, H) -> q, the posterior of each row, and the heads' caches."""
         outs = [layer.forward(h) for layer in self.layers.values()]
-        return self.family(*(out for out, _ in outs)), [cache for _, cache in outs]
+        return self.family(*(out if c == 1.0 else c * out for (out, _), c in zip(outs, self.scales))), \
+            [cache for _, cache in outs]
 
     def backward(self, dq, caches):
         """dq: the loss's gradients w.r.t. q's fields, in their order -> dh (N, H); fills the
         heads' dW and db."""
-        dh = [layer.backward(d, cache) for layer, d, cache in zip(self.layers.values(), dq, caches)]
+        dh = [layer.backward(d if c == 1.0 else c * d, cache)
+              for layer, d, cache, c in zip(self.layers.values(), dq, caches, self.scales)]
         return sum(dh[1:], dh[0])  # every head reads h, so their gradients add
 
 

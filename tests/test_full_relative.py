@@ -156,3 +156,15 @@ def test_a_new_full_checkpoint_loads_as_the_relative_model(rng, tmp_path):
     loaded = npvae.load(tmp_path / "m.npz")
     x, eps = rng.uniform(size=(6, D)), rng.standard_normal((6, Z))
     assert loaded.posterior_kind == "full" and loaded.loss(x, eps) == model.loss(x, eps)
+
+
+def test_the_u_head_is_a_tenth_of_its_dense_layer(rng):
+    # u = 0.1 (h @ W + b): the u head's learning rate under Adam / 10 (RESULTS.md, Step 12)
+    model = npvae.VAE(input_dim=6, hidden_dims=(5,), latent_dim=3, posterior="full", dtype="float64")
+    head = model.head.layers["unit_lower"]
+    head.W[...] = npvae.asarray(rng.standard_normal((5, 3)), "float64")
+    head.b[...] = npvae.asarray(rng.standard_normal(3), "float64")
+    h = npvae.asarray(rng.standard_normal((4, 5)), "float64")
+    q, _ = model.head.forward(h)
+    expected = 0.1 * (host(h) @ host(head.W) + host(head.b))
+    np.testing.assert_allclose(host(q.unit_lower), expected, rtol=1e-12)
