@@ -188,3 +188,15 @@ def test_cli_trains_on_the_bound_and_resume_keeps_k(tmp_path, capsys):
         "run to change it), got 3")
     assert cli.main(["train", "--resume", ckpt, "--epochs", "2", "--no-progress"]) == 0
     assert npvae.load(ckpt).train_state.settings["k"] == 2
+
+
+def test_the_training_memory_check_counts_k_rows_a_digit(monkeypatch):
+    # A step of -L_K decodes batch x K rows; the check counted the batch alone, so --iwae 1000 passed it.
+    import npvae.checks
+
+    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 2**30)  # a machine with 1 GiB
+    x = np.zeros((1000, 784), dtype=np.float32)
+    settings = {"hidden": [400], "latent_dim": 20, "posterior": "diagonal", "batch_size": 128}
+    cli._check_train_memory({**settings, "k": 1}, x, x)  # about 10 MB: fits
+    with pytest.raises(ValueError, match=r"^--batch-size x --iwae: '128 x 1000' needs .* GiB"):
+        cli._check_train_memory({**settings, "k": 1000}, x, x)
