@@ -7,7 +7,8 @@ package) with a proxy that is this test's own server: every request for another 
 is refused and recorded, so nothing leaves 127.0.0.1 and any such load fails the test. A small
 script that the server adds to each page waits for MathJax and writes what it finds into the page,
 which --dump-dom returns: formulas left as raw TeX, images that did not load, figures without alt
-text, display equations wider than the text column. Screenshots of the index and of a page with
+text, display equations wider than the text column at 1280 px (each must fit: a line break or
+`aligned` does it). Screenshots of the index and of a page with
 equations and figures are written beside the site, and their paths printed.
 
 With CI=true a missing tool (the [book] extra, chromium) fails the test; elsewhere it skips.
@@ -251,7 +252,7 @@ def test_every_page_in_chromium_math_typeset_images_loaded_nothing_from_another_
             failures.append(f"{name}: the check script did not finish")
             continue
         found[name] = r
-        for key in ("raw", "broken", "outside", "no_alt"):
+        for key in ("raw", "broken", "outside", "no_alt", "wide"):  # wide: a display equation scrolls in the column
             if r[key]:
                 failures.append(f"{name}: {len(r[key])} {key}: {r[key][:3]}")
         if r["tex_errors"] or "mathjax_error" in r:
