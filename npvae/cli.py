@@ -486,11 +486,13 @@ def _check_train_memory(settings, x_train, x_test):
     from .metrics import EVALUATE_ROWS
 
     sizes = (x_train.shape[1], settings["hidden"], settings["latent_dim"], settings["posterior"])
-    step = vae.memory_estimate(*sizes, rows=min(settings["batch_size"], x_train.shape[0]))
+    step = vae.memory_estimate(*sizes, rows=min(settings["batch_size"], x_train.shape[0]), k=settings["k"])
     test = vae.memory_estimate(*sizes, rows=min(EVALUATE_ROWS, x_test.shape[0]), work="evaluate")
     names = {"hidden_dims": ("--hidden", settings["hidden"]), "latent_dim": ("--latent-dim", settings["latent_dim"])}
     if step.total >= test.total:
         names["rows"] = ("--batch-size", settings["batch_size"])
+        if settings["k"] > 1:  # a step on -L_K works on batch x K rows
+            names["k"] = ("--iwae", settings["k"])
     max(step, test, key=lambda estimate: estimate.total).check(names, posterior_name="--posterior")
 
 

@@ -456,6 +456,7 @@ class MemoryEstimate:
     rows: int
     posterior: str
     weights: dict
+    k: int = 1
 
     @property
     def total(self) -> int:
@@ -470,13 +471,14 @@ class MemoryEstimate:
         detail = (f" with {posterior_name} {self.posterior}" if driver == "latent_dim" and self.posterior != "diagonal"
                   else "")
         if self.activations:
-            detail += (f" (parameters {self.parameters / 2**30:.1f} GiB, activations of {self.rows} rows at once "
+            rows = f"{self.rows} rows" + (f" x {self.k} draws" if self.k > 1 else "")
+            detail += (f" (parameters {self.parameters / 2**30:.1f} GiB, activations of {rows} at once "
                        f"{self.activations / 2**30:.1f} GiB)")
         check_fits_in_memory(name, value, self.total, detail)
 
 
 def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dtype="float32", rows=0,
-                    work="train") -> MemoryEstimate:
+                    work="train", k=1) -> MemoryEstimate:
     """The bytes a ``VAE(input_dim, hidden_dims, latent_dim, posterior=..., dtype=...)``
     needs, from the sizes alone (nothing is allocated): its parameters, their gradient and two
     optimizer buffers, plus the activations of ``rows`` rows at once for ``work``: "train"
@@ -484,11 +486,16 @@ def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dt
     "sample" (``rows`` draws decoded). rows=0 counts the parameters alone. The one estimate
     for every memory check: ``VAE()``, ``npvae train``, ``npvae gradcheck``.
 
+    ``k``: draws a row, for a step on the bound L_K (``fit(..., k=K)``): the head and the decoder
+    work on rows * K rows (``forward_samples``), and so, here, does everything: the trunk's
+    share, counted K times too, makes it an upper bound (by less as K grows).
+
     ``weights[arg]`` is what the total would lose if that argument were 1 (every hidden width
     1, for ``hidden_dims``): the argument with the largest weight is the one that drives the
     size, and the one a refusal names."""
     sizes = {"input_dim": check_int("input_dim", input_dim), "hidden_dims": list(_check_hidden_dims(hidden_dims)),
-             "latent_dim": check_int("latent_dim", latent_dim), "rows": check_int("rows", rows, minimum=0)}
+             "latent_dim": check_int("latent_dim", latent_dim), "rows": check_int("rows", rows, minimum=0),
+             "k": check_int("k", k)}
     item = 4 if dtype == "float32" else 8
     parameters, activations = _memory_bytes(**sizes, posterior=posterior, item=item, work=work)
     weights = {}
@@ -496,10 +503,10 @@ def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dt
         smallest = [1] * len(value) if arg == "hidden_dims" else min(value, 1)
         weights[arg] = parameters + activations - sum(
             _memory_bytes(**{**sizes, arg: smallest}, posterior=posterior, item=item, work=work))
-    return MemoryEstimate(parameters, activations, sizes["rows"], posterior, weights)
+    return MemoryEstimate(parameters, activations, sizes["rows"], posterior, weights, sizes["k"])
 
 
-def _memory_bytes(input_dim, hidden_dims, latent_dim, rows, posterior, item, work) -> tuple[int, int]:
+def _memory_bytes(input_dim, hidden_dims, latent_dim, rows, k, posterior, item, work) -> tuple[int, int]:
     """(parameters, activations) in bytes, as ``memory_estimate`` describes them."""
     layers_ = _dense_layers(input_dim, hidden_dims, latent_dim, posterior)
     parameters = sum(4 * item * (a * b + b) for a, b in layers_)  # weights and bias: 4 copies
@@ -509,7 +516,7 @@ def _memory_bytes(input_dim, hidden_dims, latent_dim, rows, posterior, item, wor
     width = per["input_dim"] * input_dim + per["latent_dim"] * latent_dim + per["hidden_dims"] * sum(hidden_dims)
     if posterior != "diagonal":
         width += per["latent_dim^2"] * latent_dim * latent_dim
-    return parameters, item * rows * width
+    return parameters, item * rows * k * width
 
 
 def _check_hidden_dims(hidden_dims) -> tuple:

@@ -188,3 +188,40 @@ def test_cli_trains_on_the_bound_and_resume_keeps_k(tmp_path, capsys):
         "run to change it), got 3")
     assert cli.main(["train", "--resume", ckpt, "--epochs", "2", "--no-progress"]) == 0
     assert npvae.load(ckpt).train_state.settings["k"] == 2
+
+
+# --- the memory check counts the K draws of each row -----------------------------------------------
+@pytest.mark.parametrize("posterior", ["diagonal", "full"])
+def test_the_memory_estimate_covers_a_step_on_the_bound(posterior):
+    # Before: memory_estimate counted the batch's rows, but the head and the decoder work on N*K.
+    import tracemalloc
+
+    rows, k, sizes = 32, 8, (64, (32,), 4, posterior)
+    model = npvae.VAE(*sizes[:3], posterior=posterior, seed=0)
+    g = np.random.default_rng(0)
+    x = g.uniform(size=(rows, sizes[0])).astype(np.float32)
+    eps = g.standard_normal((rows, k, sizes[2])).astype(np.float32)
+    model.backward(model.forward(x, eps))  # once before: a first call's one-time allocations are not the step's
+    tracemalloc.start()
+    try:
+        model.backward(model.forward(x, eps))
+        measured = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = npvae.vae.memory_estimate(*sizes, rows=rows, k=k)
+    assert measured <= estimate.total - 2 * 4 * model.n_params  # params and grads exist before the step
+    assert estimate.activations == k * npvae.vae.memory_estimate(*sizes, rows=rows).activations
+    assert estimate.activations < 3 * measured  # an estimate, not a wild guess
+
+
+def test_cli_memory_check_names_iwae_when_k_drives_the_size(tmp_path, capsys, monkeypatch):
+    # Before: a batch of 128 fit, so --iwae 100000 went on to allocate 128 * 100000 rows.
+    step = npvae.vae.memory_estimate(784, (16,), 2, rows=128)
+    test = npvae.vae.memory_estimate(784, (16,), 2, rows=1000, work="evaluate")  # the test set's evaluation
+    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 4 * max(step.total, test.total))
+    status = cli.main(["train", "--dataset", "mnist-subset", "--hidden", "16", "--latent-dim", "2",
+                       "--batch-size", "128", "--epochs", "1", "--iwae", "100000", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and "error: --iwae: 100000 needs " in one_line(err), err
+    assert "128 rows x 100000 draws" in one_line(err), err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
