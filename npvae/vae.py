@@ -37,7 +37,6 @@ gradient in ``model.grads``; ``model.theta`` and ``model.phi`` are views of its 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,6 +48,7 @@ from .backend import DTYPES, array_namespace, get_backend, library_of, to_numpy
 from .checks import check_fits_in_memory, check_int, check_real, check_seed, is_integer
 from .layers import MLP, Dense, FlatParameters
 from .random import MODEL_STREAMS, Generator, streams
+from .replaceable import replaceable
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("diagonal", "full", "full-absolute")
@@ -129,6 +129,20 @@ def log_mean_exp(a):
     xp = array_namespace(a)
     m = xp.max(a, axis=-1, keepdims=True)
     return m[..., 0] + xp.log(xp.mean(xp.exp(a - m), axis=-1))
+
+
+@replaceable
+def log_mean_exp_backward(dL, log_w):
+    """The backward of ``log_mean_exp`` over the K draws: d loss / d log_w, given dL = d loss /
+    d L of each row, L = log (1/K) sum_j w_j. d L / d log w_i = w_i / sum_j w_j, the normalized
+    weights (the softmax of log w over K: they sum to 1, and 1/K cancels), with the largest
+    log w_j factored out as in the forward, so that no exp overflows.
+
+    Args: dL: (N,) or one number (the model passes -1/N); log_w: (N, K). Returns: (N, K).
+    """
+    xp = array_namespace(log_w)
+    w = xp.exp(log_w - xp.max(log_w, axis=-1, keepdims=True))  # w_i / max_j w_j, in (0, 1]
+    return dist.per_row(dL) * (w / xp.sum(w, axis=-1, keepdims=True))
 
 
 def repeat_rows(a, k):
@@ -788,7 +802,7 @@ class VAE:
         d L_K / d log w_i = w_i / sum_j w_j = a_i, the normalized weights (the softmax of log w
         over the K draws): the gradient is each draw's gradient of log w_i, weighted by a_i,
 
-            d loss / d log w_ni = -a_ni / N                                           (N, K)
+            d loss / d log w_ni = -a_ni / N      (N, K): log_mean_exp_backward(-1/N, log w)
             log w = log P(x|z) + beta (log P(z) - log Q(z|x)), through z = z(eps) as ``backward``:
               log P(x|z):  the decoder's backward, on N*K rows
               log P(z) = -||z||^2 / 2 + const:                     d / dz = -z
@@ -800,8 +814,7 @@ class VAE:
         """
         xp, (n, k, zdim) = self.xp, tuple(fwd.eps.shape)
         log_w = fwd.log_p - beta * fwd.kl  # (N, K)
-        a = xp.exp(log_w - xp.reshape(log_mean_exp(log_w), (n, 1)) - math.log(k))  # w_i / sum_j w_j
-        dlog_w = xp.reshape(-a / n, (n * k,))  # d loss / d log w, a draw a row
+        dlog_w = xp.reshape(log_mean_exp_backward(-1.0 / n, log_w), (n * k,))  # d loss / d log w, a draw a row
         if self.likelihood == "bernoulli":
             dout = dist.bernoulli_log_likelihood_backward(dlog_w, repeat_rows(fwd.x, k), fwd.out)  # (N*K, D)
         else:
