@@ -482,19 +482,17 @@ def cmd_train(args) -> int:
 def _check_train_memory(settings, x_train, x_test):
     """Refuse, naming the flag that drives the size, a model whose parameters and activations
     do not fit in this machine's memory: a training step on a batch, or the test set's
-    evaluation after each epoch (metrics.evaluate's forward pass, EVALUATE_ROWS rows at once).
-    With --iwae K a step works on batch x K rows (the encoder's trunk on the batch only: counting
-    it K times too errs on the safe side)."""
+    evaluation after each epoch (metrics.evaluate's forward pass, EVALUATE_ROWS rows at once)."""
     from .metrics import EVALUATE_ROWS
 
     sizes = (x_train.shape[1], settings["hidden"], settings["latent_dim"], settings["posterior"])
-    batch, k = min(settings["batch_size"], x_train.shape[0]), settings["k"]
-    step = vae.memory_estimate(*sizes, rows=batch * k)
+    step = vae.memory_estimate(*sizes, rows=min(settings["batch_size"], x_train.shape[0]), k=settings["k"])
     test = vae.memory_estimate(*sizes, rows=min(EVALUATE_ROWS, x_test.shape[0]), work="evaluate")
     names = {"hidden_dims": ("--hidden", settings["hidden"]), "latent_dim": ("--latent-dim", settings["latent_dim"])}
     if step.total >= test.total:
-        names["rows"] = ("--batch-size", settings["batch_size"]) if k == 1 else \
-            ("--batch-size x --iwae", f"{settings['batch_size']} x {k}")
+        names["rows"] = ("--batch-size", settings["batch_size"])
+        if settings["k"] > 1:  # a step on -L_K works on batch x K rows
+            names["k"] = ("--iwae", settings["k"])
     max(step, test, key=lambda estimate: estimate.total).check(names, posterior_name="--posterior")
 
 

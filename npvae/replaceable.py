@@ -198,7 +198,8 @@ class replaced:
             npvae.fit(model, x_train, x_test, epochs=2)   # runs my_kl and my_backward
 
     A name is ``"module.function"`` or ``"module.Class.method"`` of ``layers``,
-    ``distributions`` or ``optim``, one that training calls; a method's function gets the
+    ``distributions`` or ``optim``, one that training calls (or ``"vae.log_mean_exp_backward"``,
+    the importance-weighted bound's backward, notebook 10's exercise); a method's function gets the
     object first (``my_backward(layer, dout, cache, need_dx=True)``). They run for arrays of
     every library, ahead of npvae.fast's replacements and of ``textbook()``. A block inside
     another adds to it; the end of the block (also by an exception) gives npvae's functions

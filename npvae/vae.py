@@ -37,7 +37,6 @@ gradient in ``model.grads``; ``model.theta`` and ``model.phi`` are views of its 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,6 +48,7 @@ from .backend import DTYPES, array_namespace, get_backend, library_of, to_numpy
 from .checks import check_fits_in_memory, check_int, check_real, check_seed, is_integer
 from .layers import MLP, Dense, FlatParameters
 from .random import MODEL_STREAMS, Generator, streams
+from .replaceable import replaceable
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("diagonal", "full", "full-absolute")
@@ -129,6 +129,20 @@ def log_mean_exp(a):
     xp = array_namespace(a)
     m = xp.max(a, axis=-1, keepdims=True)
     return m[..., 0] + xp.log(xp.mean(xp.exp(a - m), axis=-1))
+
+
+@replaceable
+def log_mean_exp_backward(dL, log_w):
+    """The backward of ``log_mean_exp`` over the K draws: d loss / d log_w, given dL = d loss /
+    d L of each row, L = log (1/K) sum_j w_j. d L / d log w_i = w_i / sum_j w_j, the normalized
+    weights (the softmax of log w over K: they sum to 1, and 1/K cancels), with the largest
+    log w_j factored out as in the forward, so that no exp overflows.
+
+    Args: dL: (N,) or one number (the model passes -1/N); log_w: (N, K). Returns: (N, K).
+    """
+    xp = array_namespace(log_w)
+    w = xp.exp(log_w - xp.max(log_w, axis=-1, keepdims=True))  # w_i / max_j w_j, in (0, 1]
+    return dist.per_row(dL) * (w / xp.sum(w, axis=-1, keepdims=True))
 
 
 def repeat_rows(a, k):
@@ -456,6 +470,7 @@ class MemoryEstimate:
     rows: int
     posterior: str
     weights: dict
+    k: int = 1
 
     @property
     def total(self) -> int:
@@ -470,13 +485,14 @@ class MemoryEstimate:
         detail = (f" with {posterior_name} {self.posterior}" if driver == "latent_dim" and self.posterior != "diagonal"
                   else "")
         if self.activations:
-            detail += (f" (parameters {self.parameters / 2**30:.1f} GiB, activations of {self.rows} rows at once "
+            rows = f"{self.rows} rows" + (f" x {self.k} draws" if self.k > 1 else "")
+            detail += (f" (parameters {self.parameters / 2**30:.1f} GiB, activations of {rows} at once "
                        f"{self.activations / 2**30:.1f} GiB)")
         check_fits_in_memory(name, value, self.total, detail)
 
 
 def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dtype="float32", rows=0,
-                    work="train") -> MemoryEstimate:
+                    work="train", k=1) -> MemoryEstimate:
     """The bytes a ``VAE(input_dim, hidden_dims, latent_dim, posterior=..., dtype=...)``
     needs, from the sizes alone (nothing is allocated): its parameters, their gradient and two
     optimizer buffers, plus the activations of ``rows`` rows at once for ``work``: "train"
@@ -484,11 +500,16 @@ def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dt
     "sample" (``rows`` draws decoded). rows=0 counts the parameters alone. The one estimate
     for every memory check: ``VAE()``, ``npvae train``, ``npvae gradcheck``.
 
+    ``k``: draws a row, for a step on the bound L_K (``fit(..., k=K)``): the head and the decoder
+    work on rows * K rows (``forward_samples``), and so, here, does everything: the trunk's
+    share, counted K times too, makes it an upper bound (by less as K grows).
+
     ``weights[arg]`` is what the total would lose if that argument were 1 (every hidden width
     1, for ``hidden_dims``): the argument with the largest weight is the one that drives the
     size, and the one a refusal names."""
     sizes = {"input_dim": check_int("input_dim", input_dim), "hidden_dims": list(_check_hidden_dims(hidden_dims)),
-             "latent_dim": check_int("latent_dim", latent_dim), "rows": check_int("rows", rows, minimum=0)}
+             "latent_dim": check_int("latent_dim", latent_dim), "rows": check_int("rows", rows, minimum=0),
+             "k": check_int("k", k)}
     item = 4 if dtype == "float32" else 8
     parameters, activations = _memory_bytes(**sizes, posterior=posterior, item=item, work=work)
     weights = {}
@@ -496,10 +517,10 @@ def memory_estimate(input_dim, hidden_dims, latent_dim, posterior="diagonal", dt
         smallest = [1] * len(value) if arg == "hidden_dims" else min(value, 1)
         weights[arg] = parameters + activations - sum(
             _memory_bytes(**{**sizes, arg: smallest}, posterior=posterior, item=item, work=work))
-    return MemoryEstimate(parameters, activations, sizes["rows"], posterior, weights)
+    return MemoryEstimate(parameters, activations, sizes["rows"], posterior, weights, sizes["k"])
 
 
-def _memory_bytes(input_dim, hidden_dims, latent_dim, rows, posterior, item, work) -> tuple[int, int]:
+def _memory_bytes(input_dim, hidden_dims, latent_dim, rows, k, posterior, item, work) -> tuple[int, int]:
     """(parameters, activations) in bytes, as ``memory_estimate`` describes them."""
     layers_ = _dense_layers(input_dim, hidden_dims, latent_dim, posterior)
     parameters = sum(4 * item * (a * b + b) for a, b in layers_)  # weights and bias: 4 copies
@@ -509,7 +530,7 @@ def _memory_bytes(input_dim, hidden_dims, latent_dim, rows, posterior, item, wor
     width = per["input_dim"] * input_dim + per["latent_dim"] * latent_dim + per["hidden_dims"] * sum(hidden_dims)
     if posterior != "diagonal":
         width += per["latent_dim^2"] * latent_dim * latent_dim
-    return parameters, item * rows * width
+    return parameters, item * rows * k * width
 
 
 def _check_hidden_dims(hidden_dims) -> tuple:
@@ -781,7 +802,7 @@ class VAE:
         d L_K / d log w_i = w_i / sum_j w_j = a_i, the normalized weights (the softmax of log w
         over the K draws): the gradient is each draw's gradient of log w_i, weighted by a_i,
 
-            d loss / d log w_ni = -a_ni / N                                           (N, K)
+            d loss / d log w_ni = -a_ni / N      (N, K): log_mean_exp_backward(-1/N, log w)
             log w = log P(x|z) + beta (log P(z) - log Q(z|x)), through z = z(eps) as ``backward``:
               log P(x|z):  the decoder's backward, on N*K rows
               log P(z) = -||z||^2 / 2 + const:                     d / dz = -z
@@ -793,8 +814,7 @@ class VAE:
         """
         xp, (n, k, zdim) = self.xp, tuple(fwd.eps.shape)
         log_w = fwd.log_p - beta * fwd.kl  # (N, K)
-        a = xp.exp(log_w - xp.reshape(log_mean_exp(log_w), (n, 1)) - math.log(k))  # w_i / sum_j w_j
-        dlog_w = xp.reshape(-a / n, (n * k,))  # d loss / d log w, a draw a row
+        dlog_w = xp.reshape(log_mean_exp_backward(-1.0 / n, log_w), (n * k,))  # d loss / d log w, a draw a row
         if self.likelihood == "bernoulli":
             dout = dist.bernoulli_log_likelihood_backward(dlog_w, repeat_rows(fwd.x, k), fwd.out)  # (N*K, D)
         else:

@@ -74,4 +74,7 @@ z = mu.shape[-1]
 trace = xp.sum(xp.exp(2.0 * log_diag), axis=-1)
 log_det = 2.0 * xp.sum(log_diag, axis=-1)
 return 0.5 * (trace + xp.sum(mu * mu, axis=-1) - z - log_det)""",
+    "10.1": """\
+w = xp.exp(log_w - xp.max(log_w, axis=0, keepdims=True))
+return dist.per_row(dL) * (w / xp.sum(w, axis=0, keepdims=True))""",
 }

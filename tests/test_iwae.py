@@ -190,13 +190,38 @@ def test_cli_trains_on_the_bound_and_resume_keeps_k(tmp_path, capsys):
     assert npvae.load(ckpt).train_state.settings["k"] == 2
 
 
-def test_the_training_memory_check_counts_k_rows_a_digit(monkeypatch):
-    # A step of -L_K decodes batch x K rows; the check counted the batch alone, so --iwae 1000 passed it.
-    import npvae.checks
+# --- the memory check counts the K draws of each row -----------------------------------------------
+@pytest.mark.parametrize("posterior", ["diagonal", "full"])
+def test_the_memory_estimate_covers_a_step_on_the_bound(posterior):
+    # Before: memory_estimate counted the batch's rows, but the head and the decoder work on N*K.
+    import tracemalloc
 
-    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 2**30)  # a machine with 1 GiB
-    x = np.zeros((1000, 784), dtype=np.float32)
-    settings = {"hidden": [400], "latent_dim": 20, "posterior": "diagonal", "batch_size": 128}
-    cli._check_train_memory({**settings, "k": 1}, x, x)  # about 10 MB: fits
-    with pytest.raises(ValueError, match=r"^--batch-size x --iwae: '128 x 1000' needs .* GiB"):
-        cli._check_train_memory({**settings, "k": 1000}, x, x)
+    rows, k, sizes = 32, 8, (64, (32,), 4, posterior)
+    model = npvae.VAE(*sizes[:3], posterior=posterior, seed=0)
+    g = np.random.default_rng(0)
+    x = g.uniform(size=(rows, sizes[0])).astype(np.float32)
+    eps = g.standard_normal((rows, k, sizes[2])).astype(np.float32)
+    model.backward(model.forward(x, eps))  # once before: a first call's one-time allocations are not the step's
+    tracemalloc.start()
+    try:
+        model.backward(model.forward(x, eps))
+        measured = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = npvae.vae.memory_estimate(*sizes, rows=rows, k=k)
+    assert measured <= estimate.total - 2 * 4 * model.n_params  # params and grads exist before the step
+    assert estimate.activations == k * npvae.vae.memory_estimate(*sizes, rows=rows).activations
+    assert estimate.activations < 3 * measured  # an estimate, not a wild guess
+
+
+def test_cli_memory_check_names_iwae_when_k_drives_the_size(tmp_path, capsys, monkeypatch):
+    # Before: a batch of 128 fit, so --iwae 100000 went on to allocate 128 * 100000 rows.
+    step = npvae.vae.memory_estimate(784, (16,), 2, rows=128)
+    test = npvae.vae.memory_estimate(784, (16,), 2, rows=1000, work="evaluate")  # the test set's evaluation
+    monkeypatch.setattr(npvae.checks, "memory_bytes", lambda: 4 * max(step.total, test.total))
+    status = cli.main(["train", "--dataset", "mnist-subset", "--hidden", "16", "--latent-dim", "2",
+                       "--batch-size", "128", "--epochs", "1", "--iwae", "100000", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and "error: --iwae: 100000 needs " in one_line(err), err
+    assert "128 rows x 100000 draws" in one_line(err), err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -15,14 +15,14 @@ from nbclient import NotebookClient
 
 from conftest import NOTEBOOK_DIR, NOTEBOOKS, read_notebook
 
-EXPECTED_COUNT = 9  # 01..08 in the order of Lecture 21, then 09 (the full-covariance posterior)
+EXPECTED_COUNT = 10  # 01..08 in the order of Lecture 21, then 09 (the full-covariance posterior), 10 (IWAE)
 CELL_TIMEOUT_S = 300
 KERNEL = "python3"
 
 by_name = pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 
 
-def test_there_are_nine_notebooks():
+def test_there_are_ten_notebooks():
     names = [p.name for p in NOTEBOOKS]
     assert len(names) == EXPECTED_COUNT, f"expected {EXPECTED_COUNT} notebooks in {NOTEBOOK_DIR}, got {names}"
 
