@@ -158,7 +158,7 @@ def _column(history, key):
     return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
 
 
-def plot_history(history, path=None, dpi=DPI) -> Figure:
+def plot_history(history, path=None, dpi=DPI, objective="train objective") -> Figure:
     """Loss curves over training.
 
     Args:
@@ -166,9 +166,12 @@ def plot_history(history, path=None, dpi=DPI) -> Figure:
             objective), ``reconstruction`` and ``kl`` (nats per example), and optionally
             ``test_loss`` (missing or None where the test set was not evaluated).
         path: where to write the PNG (None: do not write).
+        objective: the legend's name for ``loss``, drawn in (a) where it is not the -ELBO
+            (beta != 1 weighs the KL; ``fit(k=K)`` trains on -L_K: ``"train -L_5"``).
     Returns:
-        The Figure: (a) train and test -ELBO per epoch, (b) the reconstruction term (left
-        axis) and the KL term (right axis, they differ in scale) per epoch.
+        The Figure: (a) train and test -ELBO per epoch (and the objective where it differs),
+        (b) the reconstruction term (left axis) and the KL term (right axis, they differ in
+        scale) per epoch.
     """
     history = list(history)
     if not history:
@@ -194,7 +197,10 @@ def plot_history(history, path=None, dpi=DPI) -> Figure:
     # (a) the loss itself.
     # train -ELBO = reconstruction + KL, as the test -ELBO (the "loss" column is the objective,
     # which weighs the KL by beta)
-    line(ax_a, _column(history, "reconstruction") + _column(history, "kl"), "train -ELBO", color="C0")
+    neg_elbo, loss = _column(history, "reconstruction") + _column(history, "kl"), _column(history, "loss")
+    line(ax_a, neg_elbo, "train -ELBO", color="C0")
+    if not np.allclose(loss, neg_elbo, rtol=1e-6, atol=1e-6, equal_nan=True):
+        line(ax_a, loss, objective, marker="^", color="C4", linestyle=":")
     test = _column(history, "test_loss")
     if np.isfinite(test).any():
         line(ax_a, test, "test -ELBO", marker="s", color="C3", linestyle="--", markerfacecolor="none")

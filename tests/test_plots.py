@@ -108,6 +108,18 @@ def test_plot_history(tmp_path, n_epochs, test):
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
+def test_plot_history_draws_the_objective_where_it_is_not_the_elbo():
+    # Before: `npvae train --iwae 5` drew -ELBO alone, never the -L_5 it trained on.
+    same = plots.plot_history(history(4))
+    assert not any(t.get_text().startswith("train -L_5") for t in same.axes[0].get_legend().get_texts())
+    bound = [{**row, "loss": row["loss"] - 2.0} for row in history(4)]  # -L_5 below the -ELBO
+    fig = plots.plot_history(bound, objective="train -L_5")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[:2] == ["train -ELBO  (last 152.77)", "train -L_5  (last 150.77)"], legend
+    drawn = [line.get_ydata() for line in fig.axes[0].get_lines()]
+    assert any(np.allclose(y, [row["loss"] for row in bound]) for y in drawn)
+
+
 def test_plot_history_rejects_empty_and_incomplete():
     with pytest.raises(ValueError, match="history: expected at least one epoch"):
         plots.plot_history([])
