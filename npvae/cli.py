@@ -544,7 +544,8 @@ def _train_figures(model, history, settings, x_test, y_test) -> dict:
     from .random import Generator
     from .train import binarize_test_set
 
-    objective = f"train -L_{settings['k']} (trained on)" if settings["k"] > 1 else "train objective (KL weighted by beta)"
+    k = settings.get("k", 1)
+    objective = f"train -L_{k} (trained on)" if k > 1 else "train objective (KL weighted by beta)"
     figures = {"loss.png": lambda p: plots.plot_history(history, p, objective=objective)}
     x_show = binarize_test_set(model.check_x(x_test[:10]), settings["binarize"], settings["seed"])
     figures["reconstructions.png"] = lambda p: plots.plot_reconstructions(x_show, model.reconstruct(x_show), p)
