@@ -421,8 +421,7 @@ def cmd_train(args) -> int:
         saved["saving"] = None
         # the objective minimized differs from -ELBO when the KL weight is not 1 (beta, warm-up)
         # or with --iwae K (-L_K)
-        kind = f"-L_{settings['k']}" if settings["k"] > 1 else "(beta-weighted)"
-        objective = f"  objective {kind} {row['loss']:8.2f}" if row["beta"] != 1 or settings["k"] > 1 else ""
+        objective = f"  {_objective_name(settings)} {row['loss']:8.2f}" if row["beta"] != 1 or settings["k"] > 1 else ""
         print(f"epoch {row['epoch']:>3}/{settings['epochs']}  -ELBO {row['neg_elbo']:8.2f} "
               f"(reconstruction {row['reconstruction']:8.2f} + KL {row['kl']:6.2f}){objective}  "
               f"test {row['test_loss']:8.2f}  {row['seconds']:5.1f} s", flush=True)
@@ -537,6 +536,12 @@ def _go_on(saved, settings, args) -> str:
     return " Go on with: " + " ".join(shlex.quote(word) for word in words)
 
 
+def _objective_name(settings) -> str:
+    """The name of what a run minimizes where it is not the -ELBO: -L_K with --iwae K, else the
+    beta-weighted -ELBO (--beta, --kl-warmup-epochs). One name for the epoch lines and loss.png."""
+    return f"objective -L_{settings['k']}" if settings["k"] > 1 else "objective (beta-weighted)"
+
+
 def _train_figures(model, history, settings, x_test, y_test) -> dict:
     """name -> function(path) drawing it, for the figures of a finished run."""
     from . import plots
@@ -544,8 +549,7 @@ def _train_figures(model, history, settings, x_test, y_test) -> dict:
     from .random import Generator
     from .train import binarize_test_set
 
-    k = settings.get("k", 1)
-    objective = f"train -L_{k} (trained on)" if k > 1 else "train objective (KL weighted by beta)"
+    objective = "train " + _objective_name(settings)
     figures = {"loss.png": lambda p: plots.plot_history(history, p, objective=objective)}
     x_show = binarize_test_set(model.check_x(x_test[:10]), settings["binarize"], settings["seed"])
     figures["reconstructions.png"] = lambda p: plots.plot_reconstructions(x_show, model.reconstruct(x_show), p)

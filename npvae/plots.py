@@ -195,8 +195,8 @@ def plot_history(history, path=None, dpi=DPI, objective="train objective") -> Fi
         return ax.plot(epoch[ok], values[ok], label=label, **style, **kw)[0]
 
     # (a) the loss itself.
-    # train -ELBO = reconstruction + KL, as the test -ELBO (the "loss" column is the objective,
-    # which weighs the KL by beta)
+    # train -ELBO = reconstruction + KL, as the test -ELBO; the "loss" column is the objective
+    # (the KL weighed by beta, or -L_K), drawn too where it differs
     neg_elbo, loss = _column(history, "reconstruction") + _column(history, "kl"), _column(history, "loss")
     line(ax_a, neg_elbo, "train -ELBO", color="C0")
     if not np.allclose(loss, neg_elbo, rtol=1e-6, atol=1e-6, equal_nan=True):

@@ -233,7 +233,7 @@ def test_latent_plot_names_the_datasets_classes(run2, monkeypatch):
     monkeypatch.setattr(plots, "plot_latent", lambda *a, **kw: seen.update(kw))
     model = npvae.load(run2 / "checkpoint.npz")
     (_, _), (x_test, y_test) = npvae.datasets.load()
-    settings = {"binarize": "none", "seed": 0, "dataset": "fashion-mnist"}
+    settings = {"binarize": "none", "seed": 0, "dataset": "fashion-mnist", "k": 1}
     cli._train_figures(model, model.train_state.history, settings, x_test[:50], y_test[:50])["latent.png"](None)
     assert seen["label_name"] == "class" and seen["class_names"][0] == "T-shirt/top"
     settings["dataset"] = "mnist-subset"
